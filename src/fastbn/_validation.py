@@ -1,0 +1,138 @@
+"""Argument checks shared by both backends.
+
+Every public function validates all of its arguments here *before* it
+computes or writes anything, so a call that raises leaves ``bn_param``, the
+running statistics and every input exactly as they were.  Both backends call
+the same checks, so they fail the same way on the same bad input.
+
+Dtype policy: float32 and float64 only.  Any other dtype (integer, bool,
+float16, complex, object, strings) is a ``TypeError`` that says how to cast;
+we never cast silently, because a silent cast would change the dtype of the
+result and of the running statistics the caller owns.
+"""
+import math
+import numbers
+from collections.abc import MutableMapping
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_array(value, name):
+    """Return ``value`` as an ndarray of float32/float64, or raise TypeError."""
+    if type(value) is not np.ndarray:
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be a float32 or float64 array, "
+                            f"got {type(value).__name__}")
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be a float32 or float64 array: {exc}") from None
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}; "
+                        f"cast it first, e.g. {name}.astype(np.float64)")
+    return value
+
+
+def check_input(x, ndim, name="x"):
+    """Validate the activations: a float array of the given ndim, no empty axis."""
+    x = as_float_array(x, name)
+    if x.ndim != ndim:
+        layout = "(N, D)" if ndim == 2 else "(N, C, H, W)"
+        raise ValueError(f"{name} must be a {ndim}-D array of shape {layout}, "
+                         f"got a {x.ndim}-D array of shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}: normalization "
+                         f"needs at least one sample and one feature")
+    return x
+
+
+def check_vector(v, name, size, dtype):
+    """A per-feature parameter: shape (size,) and the same dtype as x."""
+    v = as_float_array(v, name)
+    if v.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},) to match x, got {v.shape}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name} has dtype {v.dtype} but x has dtype {dtype}; "
+                        f"they must match")
+    return v
+
+
+def _real(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+class NormParams(NamedTuple):
+    """Everything a forward pass needs, checked."""
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    mode: str
+    eps: float
+    momentum: float
+    running_mean: Optional[np.ndarray]
+    running_var: Optional[np.ndarray]
+
+
+def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
+    """Validate a (spatial) batch-norm forward call; features are axis 1."""
+    x = check_input(x, ndim)
+    size = x.shape[1]
+    gamma = check_vector(gamma, "gamma", size, x.dtype)
+    beta = check_vector(beta, "beta", size, x.dtype)
+    if not isinstance(bn_param, MutableMapping):
+        raise TypeError(f"bn_param must be a dict, got {type(bn_param).__name__}")
+    if "mode" not in bn_param:
+        raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
+    mode = bn_param["mode"]
+    if mode not in ("train", "test"):
+        raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
+    eps = _real(bn_param.get("eps", 1e-5), "bn_param['eps']")
+    if eps < 0:
+        raise ValueError(f"bn_param['eps'] must be >= 0, got {eps}")
+    momentum = _real(bn_param.get("momentum", 0.9), "bn_param['momentum']")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"bn_param['momentum'] must be in [0, 1], got {momentum}")
+    running = []
+    for key in ("running_mean", "running_var"):
+        value = bn_param.get(key)
+        if value is not None:
+            value = check_vector(value, f"bn_param['{key}']", size, x.dtype)
+        running.append(value)
+    return NormParams(x, gamma, beta, mode, eps, momentum, *running)
+
+
+def check_dout(dout, x):
+    """The upstream gradient must match the cached input in shape and dtype."""
+    dout = as_float_array(dout, "dout")
+    if dout.shape != x.shape:
+        raise ValueError(f"dout has shape {dout.shape} but the forward input had "
+                         f"shape {x.shape}")
+    if dout.dtype != x.dtype:
+        raise TypeError(f"dout has dtype {dout.dtype} but the forward input had "
+                        f"dtype {x.dtype}")
+    return dout
+
+
+def check_out(out, name, shape, dtype, *inputs):
+    """A caller-supplied output buffer: right shape and dtype, writeable, no overlap."""
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for arr in inputs:
+        if np.may_share_memory(out, arr):
+            raise ValueError(f"{name} must not overlap the inputs (the cache keeps x "
+                             f"for the backward pass); pass a separate buffer")
+    return out

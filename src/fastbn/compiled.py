@@ -1,0 +1,243 @@
+"""The compiled backend: the classic batch-norm API on the Cython kernels.
+
+Same signatures and results as :mod:`fastbn.reference`, plus ``out=`` /
+``dx=`` buffers.  The cache is lean: the input itself (not a copy), the
+per-feature mean and inverse standard deviation in float64, gamma and the
+mode.  Arrays are handed to the kernels as strided views, never transposed
+copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
+row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
+"""
+import numpy as np
+
+from . import _bn
+from ._config import threads_for
+from ._validation import check_batchnorm_args, check_dout, check_out
+
+F64 = np.float64
+
+
+class BatchNormCache:
+    """State kept from a forward pass for the backward pass.
+
+    Attributes
+    ----------
+    x : ndarray
+        The forward input, not a copy: modifying it in place before the
+        backward pass changes the gradients, as in PyTorch.
+    gamma : ndarray, shape (D,)
+    mean, invstd : ndarray of float64, shape (D,)
+        Batch statistics (train mode) or running statistics (test mode).
+    train : bool
+    spatial : bool
+        True for a cache of :func:`spatial_batchnorm_forward`.
+    """
+    __slots__ = ("x", "gamma", "mean", "invstd", "train", "spatial")
+
+    def __init__(self, x, gamma, mean, invstd, train, spatial):
+        self.x, self.gamma, self.mean, self.invstd = x, gamma, mean, invstd
+        self.train, self.spatial = train, spatial
+
+    def __repr__(self):
+        kind = "spatial_batchnorm" if self.spatial else "batchnorm"
+        mode = "train" if self.train else "test"
+        return f"<fastbn {kind} cache, mode={mode!r}, x{self.x.shape} {self.x.dtype}>"
+
+
+# -- layouts ---------------------------------------------------------------
+
+def _uses_rows(x, spatial):
+    """True when the feature axis varies fastest in memory (row kernels)."""
+    if spatial:
+        return x.shape[1] > 1 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+    N, D = x.shape
+    if D == 1:
+        return False
+    if N == 1:
+        return True
+    return abs(x.strides[1]) <= abs(x.strides[0])
+
+
+def _view(a, rows, spatial):
+    """The (R, D) or (A, C, B) view the kernels loop over (a copy only if needed)."""
+    if spatial:
+        N, C, H, W = a.shape
+        if rows:
+            return a.transpose(0, 2, 3, 1).reshape(N * H * W, C)
+        return a.reshape(N, C, H * W)
+    return a if rows else a.T[np.newaxis]
+
+
+def _empty_like_layout(x, rows, spatial):
+    """A fresh output whose kernel view is contiguous."""
+    if spatial:
+        N, C, H, W = x.shape
+        if rows:
+            return np.empty((N, H, W, C), x.dtype).transpose(0, 3, 1, 2)
+        return np.empty(x.shape, x.dtype)
+    if rows:
+        return np.empty(x.shape, x.dtype)
+    return np.empty(x.shape[::-1], x.dtype).T
+
+
+def _output(x, out, name, rows, spatial, *inputs):
+    """(array to return, kernel view to write, array to copy into afterwards)."""
+    if out is None:
+        result = _empty_like_layout(x, rows, spatial)
+        return result, _view(result, rows, spatial), None
+    check_out(out, name, x.shape, x.dtype, *inputs)
+    view = _view(out, rows, spatial)
+    if np.may_share_memory(view, out):
+        return out, view, None
+    # out's strides do not fit the kernel's view: compute, then copy in.
+    tmp = _empty_like_layout(x, rows, spatial)
+    return out, _view(tmp, rows, spatial), tmp
+
+
+# -- forward ---------------------------------------------------------------
+
+def _forward(p, bn_param, out, spatial):
+    x = p.x
+    D = x.shape[1]
+    rows = _uses_rows(x, spatial)
+    result, out_view, staged = _output(x, out, "out", rows, spatial, x, p.gamma, p.beta)
+    x_view = _view(x, rows, spatial)
+    gamma = np.ascontiguousarray(p.gamma)
+    beta = np.ascontiguousarray(p.beta)
+    nthreads = threads_for(x.size)
+    running_mean = p.running_mean if p.running_mean is not None else np.zeros(D, x.dtype)
+    running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
+
+    if p.mode == "train":
+        mean, var, invstd = np.empty(D, F64), np.empty(D, F64), np.empty(D, F64)
+        kernel = _bn.rows_forward_train if rows else _bn.chans_forward_train
+        kernel(x_view, gamma, beta, p.eps, out_view, mean, var, invstd, nthreads)
+        m = p.momentum
+        running_mean = (m * running_mean.astype(F64) + (1 - m) * mean).astype(x.dtype)
+        running_var = (m * running_var.astype(F64) + (1 - m) * var).astype(x.dtype)
+    else:
+        mean = running_mean.astype(F64)
+        invstd = 1.0 / np.sqrt(running_var.astype(F64) + p.eps)
+        alpha = gamma * invstd
+        shift = beta - mean * alpha
+        kernel = _bn.rows_affine if rows else _bn.chans_affine
+        kernel(x_view, alpha, shift, out_view, nthreads)
+
+    if staged is not None:
+        np.copyto(result, staged)
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return result, BatchNormCache(x, gamma, mean, invstd, p.mode == "train", spatial)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param, out=None):
+    """Batch-normalize ``x`` of shape (N, D) over the batch axis.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, D)
+        float32 or float64; the result has the same dtype.
+    gamma, beta : ndarray, shape (D,)
+        Scale and shift, same dtype as ``x``.
+    bn_param : dict
+        ``mode`` ('train' or 'test', required), ``eps`` (1e-5), ``momentum``
+        (0.9), ``running_mean`` and ``running_var`` (zeros when absent).
+        The updated running statistics are stored back as new arrays.
+    out : ndarray, optional
+        Buffer for the result, same shape and dtype as ``x``; must not
+        overlap ``x``.
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+    cache : BatchNormCache
+        For :func:`batchnorm_backward`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument; nothing the caller owns is modified.
+    """
+    p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
+    return _forward(p, bn_param, out, spatial=False)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, out=None):
+    """Batch-normalize ``x`` of shape (N, C, H, W) per channel over N, H, W.
+
+    Parameters and returns as for :func:`batchnorm_forward`, with
+    ``gamma``/``beta`` of shape (C,).  Works on the array's own layout
+    (NCHW, channels-last or strided) without transposing copies.
+    """
+    p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
+    return _forward(p, bn_param, out, spatial=True)
+
+
+# -- backward --------------------------------------------------------------
+
+def _check_cache(cache, spatial):
+    if type(cache) is not BatchNormCache or cache.spatial != spatial:
+        want = "spatial_batchnorm_forward" if spatial else "batchnorm_forward"
+        hint = ""
+        if isinstance(cache, dict) and "kind" in cache:
+            hint = " (this looks like a cache from the NumPy reference backend)"
+        elif type(cache) is BatchNormCache:
+            hint = " (a cache from the other of batchnorm/spatial_batchnorm)"
+        raise TypeError(f"cache must be the cache returned by fastbn's compiled "
+                        f"{want}, got {type(cache).__name__}{hint}")
+    return cache
+
+
+def _backward(dout, cache, dx, spatial):
+    c = _check_cache(cache, spatial)
+    x = c.x
+    dout = check_dout(dout, x)
+    D = x.shape[1]
+    rows = _uses_rows(x, spatial)
+    result, dx_view, staged = _output(x, dx, "dx", rows, spatial, x, dout)
+    dgamma, dbeta = np.empty(D, x.dtype), np.empty(D, x.dtype)
+    kernel = _bn.rows_backward if rows else _bn.chans_backward
+    kernel(_view(x, rows, spatial), _view(dout, rows, spatial), c.gamma, c.mean,
+           c.invstd, c.train, dx_view, dgamma, dbeta, threads_for(x.size))
+    if staged is not None:
+        np.copyto(result, staged)
+    return result, dgamma, dbeta
+
+
+def batchnorm_backward(dout, cache, dx=None):
+    """Gradients of :func:`batchnorm_forward`, fused in two passes.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient, same dtype as the forward input.
+    cache : BatchNormCache
+        From :func:`batchnorm_forward`.
+    dx : ndarray, optional
+        Buffer for the input gradient; must not overlap ``x`` or ``dout``.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+    """
+    return _backward(dout, cache, dx, spatial=False)
+
+
+def batchnorm_backward_alt(dout, cache, dx=None):
+    """Same as :func:`batchnorm_backward`: the kernel is the closed form.
+
+    Kept as its own name so code written against the classic API runs
+    unchanged.
+    """
+    return _backward(dout, cache, dx, spatial=False)
+
+
+def spatial_batchnorm_backward(dout, cache, dx=None):
+    """Gradients of :func:`spatial_batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    dgamma, dbeta : ndarray, shape (C,)
+    """
+    return _backward(dout, cache, dx, spatial=True)

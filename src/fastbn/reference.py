@@ -1,0 +1,199 @@
+"""Batch normalization in plain NumPy: the specification fastbn is tested against.
+
+This module is written to be read.  Each function is the textbook algorithm
+(Ioffe & Szegedy, 2015) as taught in Stanford's CS231n, with the same
+signatures and cache conventions, so it doubles as the oracle for the
+compiled kernels and as the ``'numpy'`` backend of :func:`fastbn.set_backend`.
+
+Conventions
+-----------
+* ``x`` has shape ``(N, D)``: N samples, D features.  Statistics are per
+  feature, over the batch.  The spatial variants take ``(N, C, H, W)`` and
+  compute statistics per channel over N, H and W.
+* ``bn_param`` is a dict: ``mode`` ('train' or 'test', required), ``eps``
+  (default 1e-5), ``momentum`` (default 0.9), ``running_mean`` and
+  ``running_var`` (zeros in x's dtype when absent, stored back into the dict).
+* Train mode normalizes with the batch mean and the *biased* batch variance
+  and updates ``running = momentum * running + (1 - momentum) * batch_stat``.
+  Test mode normalizes with the running statistics.
+"""
+import numpy as np
+
+from ._validation import check_batchnorm_args, check_dout
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Forward pass of batch normalization.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, D)
+        Input data, float32 or float64.
+    gamma, beta : ndarray, shape (D,)
+        Scale and shift, same dtype as ``x``.
+    bn_param : dict
+        ``mode``, ``eps``, ``momentum``, ``running_mean``, ``running_var``.
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+        ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+    cache : dict
+        The intermediate values :func:`batchnorm_backward` needs.
+    """
+    p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
+    x, gamma, beta = p.x, p.gamma, p.beta
+    D = x.shape[1]
+    running_mean = p.running_mean if p.running_mean is not None else np.zeros(D, x.dtype)
+    running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
+
+    if p.mode == "train":
+        mean = x.mean(axis=0)
+        var = x.var(axis=0)                  # biased: divides by N
+        running_mean = p.momentum * running_mean + (1 - p.momentum) * mean
+        running_var = p.momentum * running_var + (1 - p.momentum) * var
+    else:
+        mean, var = running_mean, running_var
+
+    std = np.sqrt(var + p.eps)
+    x_centered = x - mean
+    x_hat = x_centered / std
+    out = gamma * x_hat + beta
+
+    # Only now, with nothing left that can fail, touch what the caller owns.
+    bn_param["running_mean"] = running_mean.astype(x.dtype, copy=False)
+    bn_param["running_var"] = running_var.astype(x.dtype, copy=False)
+    cache = {"kind": "batchnorm", "mode": p.mode, "x": x, "x_centered": x_centered,
+             "x_hat": x_hat, "std": std, "gamma": gamma}
+    return out.astype(x.dtype, copy=False), cache
+
+
+def _check_cache(cache, kind):
+    if not (isinstance(cache, dict) and cache.get("kind") == kind):
+        raise TypeError(f"cache must be the cache returned by fastbn.reference's "
+                        f"{kind}_forward, got {type(cache).__name__}")
+    return cache
+
+
+def batchnorm_backward(dout, cache):
+    """Backward pass, one node of the computation graph at a time.
+
+    The forward pass is the chain
+
+        mean = sum(x) / N
+        x_centered = x - mean
+        var = sum(x_centered**2) / N
+        std = sqrt(var + eps)
+        x_hat = x_centered / std
+        out = gamma * x_hat + beta
+
+    and this function walks it backwards, applying the chain rule at each
+    step.  Compare :func:`batchnorm_backward_alt`, which does the algebra on
+    paper first.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient.
+    cache : dict
+        From :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+    """
+    c = _check_cache(cache, "batchnorm")
+    dout = check_dout(dout, c["x"])
+    x_centered, x_hat, std, gamma = c["x_centered"], c["x_hat"], c["std"], c["gamma"]
+    N = dout.shape[0]
+
+    # out = gamma * x_hat + beta
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * x_hat).sum(axis=0)
+    dx_hat = dout * gamma
+
+    if c["mode"] == "test":
+        # mean and std came from the running statistics: constants here.
+        dx = dx_hat / std
+        return dx, dgamma, dbeta
+
+    # x_hat = x_centered / std: two paths, through x_centered and through std
+    dx_centered = dx_hat / std
+    dstd = -(dx_hat * x_centered).sum(axis=0) / std**2
+    # std = sqrt(var + eps)
+    dvar = dstd / (2 * std)
+    # var = sum(x_centered**2) / N
+    dx_centered += 2 * x_centered * dvar / N
+    # x_centered = x - mean: two paths, directly and through mean
+    dmean = -dx_centered.sum(axis=0)
+    # mean = sum(x) / N
+    dx = dx_centered + dmean / N
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_alt(dout, cache):
+    """Backward pass from the closed form derived on paper.
+
+    With ``x_hat`` the normalized input, the three gradients are
+
+        dbeta  = sum(dout)
+        dgamma = sum(dout * x_hat)
+        dx     = gamma / (N * std) * (N * dout - dbeta - x_hat * dgamma)
+
+    Same arguments and results as :func:`batchnorm_backward`.
+    """
+    c = _check_cache(cache, "batchnorm")
+    dout = check_dout(dout, c["x"])
+    x_hat, std, gamma = c["x_hat"], c["std"], c["gamma"]
+    N = dout.shape[0]
+
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * x_hat).sum(axis=0)
+    if c["mode"] == "test":
+        return dout * gamma / std, dgamma, dbeta
+    dx = gamma / (N * std) * (N * dout - dbeta - x_hat * dgamma)
+    return dx, dgamma, dbeta
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization of convolutional activations.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    gamma, beta : ndarray, shape (C,)
+    bn_param : dict
+        As for :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H, W)
+    cache : dict
+
+    Each channel is one feature observed at N*H*W places, so moving the
+    channel axis last and flattening gives ordinary (N*H*W, C) batch norm.
+    """
+    check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
+    N, C, H, W = x.shape
+    x_rows = x.transpose(0, 2, 3, 1).reshape(-1, C)
+    out_rows, rows_cache = batchnorm_forward(x_rows, gamma, beta, bn_param)
+    out = out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
+    return out, {"kind": "spatial_batchnorm", "x": x, "rows": rows_cache}
+
+
+def spatial_batchnorm_backward(dout, cache):
+    """Backward pass of :func:`spatial_batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    dgamma, dbeta : ndarray, shape (C,)
+    """
+    c = _check_cache(cache, "spatial_batchnorm")
+    dout = check_dout(dout, c["x"])
+    N, C, H, W = dout.shape
+    dout_rows = dout.transpose(0, 2, 3, 1).reshape(-1, C)
+    dx_rows, dgamma, dbeta = batchnorm_backward_alt(dout_rows, c["rows"])
+    dx = dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
+    return dx, dgamma, dbeta
