@@ -1,4 +1,5 @@
 """Build the Cython kernels, with OpenMP when the compiler has it."""
+import glob
 import os
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def _ext(name):
     return Extension(
         f"fastbn.{name}",
         [f"src/fastbn/{name}.pyx"],
+        depends=glob.glob("src/fastbn/*.pxd"),
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
@@ -66,7 +68,9 @@ def _ext(name):
 
 setup(
     ext_modules=cythonize(
-        [_ext("_threads"), _ext("_bn")],
+        # every .pyx under src/fastbn is one extension module
+        [_ext(os.path.splitext(os.path.basename(p))[0])
+         for p in sorted(glob.glob("src/fastbn/*.pyx"))],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

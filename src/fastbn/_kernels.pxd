@@ -1,0 +1,282 @@
+# cython: language_level=3
+"""Inline loops and per-feature algebra shared by the kernel modules.
+
+Each loop covers one slice of data for one thread; the modules that
+cimport these (``_bn``, and any other kernel module) decide how the slices
+are handed out.  All loops are ``noexcept nogil`` and take element strides,
+so any layout works; a unit stride gets its own loop so the compiler emits
+contiguous vector loads.
+"""
+from libc.math cimport sqrt
+from cython cimport floating
+
+
+# --------------------------------------------------------------------------
+# Inner loops over one slice of data.  `sd`/`sb` == 1 gets its own loop so
+# the compiler emits contiguous vector loads.
+# --------------------------------------------------------------------------
+
+cdef inline void _rows_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                            Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                            const double* center, double* s1,
+                            double* s2) noexcept nogil:
+    """s1[j] = sum(x[:, j] - center[j]), s2[j] = sum of squares, rows r0..r1."""
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef double v
+    for j in range(D):
+        s1[j] = 0.0
+        s2[j] = 0.0
+    for i in range(r0, r1):
+        row = x + i * sr
+        if sd == 1:
+            for j in range(D):
+                v = row[j] - center[j]
+                s1[j] += v
+                s2[j] += v * v
+        else:
+            for j in range(D):
+                v = row[j * sd] - center[j]
+                s1[j] += v
+                s2[j] += v * v
+
+
+cdef inline void _rows_grad_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                 const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                 const double* mean, double* sdy,
+                                 double* sdyx) noexcept nogil:
+    """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j]))."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef const floating* gr_
+    cdef double g
+    for j in range(D):
+        sdy[j] = 0.0
+        sdyx[j] = 0.0
+    for i in range(r0, r1):
+        xr = x + i * sr
+        gr_ = dy + i * gr
+        if sd == 1 and gd == 1:
+            for j in range(D):
+                g = gr_[j]
+                sdy[j] += g
+                sdyx[j] += g * (xr[j] - mean[j])
+        else:
+            for j in range(D):
+                g = gr_[j * gd]
+                sdy[j] += g
+                sdyx[j] += g * (xr[j * sd] - mean[j])
+
+
+cdef inline void _rows_affine(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                              floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                              Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                              const double* alpha,
+                              const double* shift) noexcept nogil:
+    """y = x * alpha + shift, per feature, computed in float64."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef floating* yrow
+    for i in range(r0, r1):
+        xr = x + i * sr
+        yrow = y + i * yr
+        if sd == 1 and yd == 1:
+            for j in range(D):
+                yrow[j] = <floating>(xr[j] * alpha[j] + shift[j])
+        else:
+            for j in range(D):
+                yrow[j * yd] = <floating>(xr[j * sd] * alpha[j] + shift[j])
+
+
+cdef inline void _rows_dx(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                          const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                          floating* dx, Py_ssize_t xr_, Py_ssize_t xd_,
+                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                          const double* a, const double* b,
+                          const double* c) noexcept nogil:
+    """dx = a * dy + b * x + c, per feature, computed in float64."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xrow
+    cdef const floating* grow
+    cdef floating* drow
+    for i in range(r0, r1):
+        xrow = x + i * sr
+        grow = dy + i * gr
+        drow = dx + i * xr_
+        if sd == 1 and gd == 1 and xd_ == 1:
+            for j in range(D):
+                drow[j] = <floating>(a[j] * grow[j] + b[j] * xrow[j] + c[j])
+        else:
+            for j in range(D):
+                drow[j * xd_] = <floating>(a[j] * grow[j * gd] + b[j] * xrow[j * sd] + c[j])
+
+
+# A channel slice is the flat range [k0, k1) of its A*B elements, so a
+# channel can be cut anywhere, not only at a row of B.
+
+cdef inline void _chan_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                            Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                            double center, double* out) noexcept nogil:
+    """out[0] = sum(x - center), out[1] = sum((x - center)**2) over the slice."""
+    cdef double s1 = 0.0, s2 = 0.0, v
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        if sb == 1:
+            for b in range(b0, b1):
+                v = p[b] - center
+                s1 += v
+                s2 += v * v
+        else:
+            for b in range(b0, b1):
+                v = p[b * sb] - center
+                s1 += v
+                s2 += v * v
+        k += b1 - b0
+    out[0] = s1
+    out[1] = s2
+
+
+cdef inline void _chan_grad_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                                 const floating* dy, Py_ssize_t ga, Py_ssize_t gb,
+                                 Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                                 double mean, double* out) noexcept nogil:
+    """out[0] = sum(dy), out[1] = sum(dy * (x - mean)) over the slice."""
+    cdef double s1 = 0.0, s2 = 0.0, g
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    cdef const floating* q
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        q = dy + a * ga
+        if sb == 1 and gb == 1:
+            for b in range(b0, b1):
+                g = q[b]
+                s1 += g
+                s2 += g * (p[b] - mean)
+        else:
+            for b in range(b0, b1):
+                g = q[b * gb]
+                s1 += g
+                s2 += g * (p[b * sb] - mean)
+        k += b1 - b0
+    out[0] = s1
+    out[1] = s2
+
+
+cdef inline void _chan_affine(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                              floating* y, Py_ssize_t ya, Py_ssize_t yb,
+                              Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                              double alpha, double shift) noexcept nogil:
+    """y = x * alpha + shift over the slice, computed in float64."""
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    cdef floating* q
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        q = y + a * ya
+        if sb == 1 and yb == 1:
+            for b in range(b0, b1):
+                q[b] = <floating>(p[b] * alpha + shift)
+        else:
+            for b in range(b0, b1):
+                q[b * yb] = <floating>(p[b * sb] * alpha + shift)
+        k += b1 - b0
+
+
+cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                          const floating* dy, Py_ssize_t ga, Py_ssize_t gb,
+                          floating* dx, Py_ssize_t da, Py_ssize_t db,
+                          Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                          double ca, double cb, double cc) noexcept nogil:
+    """dx = ca * dy + cb * x + cc over the slice, computed in float64."""
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    cdef const floating* q
+    cdef floating* r
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        q = dy + a * ga
+        r = dx + a * da
+        if sb == 1 and gb == 1 and db == 1:
+            for b in range(b0, b1):
+                r[b] = <floating>(ca * q[b] + cb * p[b] + cc)
+        else:
+            for b in range(b0, b1):
+                r[b * db] = <floating>(ca * q[b * gb] + cb * p[b * sb] + cc)
+        k += b1 - b0
+
+
+# --------------------------------------------------------------------------
+# Per-feature scalar algebra shared by both loop orders.
+# --------------------------------------------------------------------------
+
+cdef inline void _finish_moments(double s1, double s2, Py_ssize_t n, double center,
+                                 double eps, double* mean, double* var,
+                                 double* invstd) noexcept nogil:
+    cdef double m = s1 / n
+    cdef double v = s2 / n - m * m
+    if v < 0.0:          # rounding only; a NaN fails the test and stays NaN
+        v = 0.0
+    mean[0] = center + m
+    var[0] = v
+    invstd[0] = 1.0 / sqrt(v + eps)
+
+
+cdef inline void _dx_coefficients(double sdy, double sdyx, Py_ssize_t n,
+                                  double gamma, double mean, double invstd,
+                                  bint train, double* ca, double* cb,
+                                  double* cc) noexcept nogil:
+    """dx = ca*dy + cb*x + cc, the closed-form batch-norm gradient folded."""
+    cdef double a = gamma * invstd, b
+    ca[0] = a
+    if train:
+        # dx = a * (dy - mean(dy) - xhat * mean(dy * xhat))
+        b = -a * invstd * invstd * sdyx / n
+        cb[0] = b
+        cc[0] = -a * sdy / n - b * mean
+    else:
+        # test mode: mean and invstd are constants of the running statistics
+        cb[0] = 0.0
+        cc[0] = 0.0
+
+
+cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:
+    if nthreads < 1:
+        return 1
+    return R if R < nthreads else nthreads
+
+
+cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
+                                      int nthreads) noexcept nogil:
+    """How many slices to cut each channel into so all threads have work."""
+    cdef Py_ssize_t split, cap
+    if nthreads <= 1 or C % nthreads == 0 or C >= 8 * nthreads:
+        return 1
+    split = (8 * nthreads + C - 1) // C
+    cap = L // 4096      # slices below a few thousand elements cost more than they save
+    if cap < 1:
+        cap = 1
+    return split if split < cap else cap
