@@ -264,3 +264,11 @@ def test_backend_switch_and_context_manager(rng):
     with pytest.raises(ValueError, match="backend"):
         with fastbn.backend("fortran"):
             pass
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (7, 5), (333, 4)])
+def test_compiled_matches_independent_implementation(rng, shape):
+    from test_reference import fsum_batchnorm
+    x, gamma, beta, _ = make_case(rng, shape, F64, offset=-7.0, scale=0.5)
+    out, _ = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train", "eps": 1e-5})
+    np.testing.assert_allclose(out, fsum_batchnorm(x, gamma, beta, 1e-5), rtol=1e-12, atol=1e-12)
