@@ -94,9 +94,18 @@ batchnorm_backward = _backward_dispatch("batchnorm_backward")
 batchnorm_backward_alt = _backward_dispatch("batchnorm_backward_alt")
 spatial_batchnorm_backward = _backward_dispatch("spatial_batchnorm_backward")
 
+
+@functools.wraps(compiled.layernorm_forward)
+def layernorm_forward(x, gamma, beta, ln_param, **kwargs):
+    return _module().layernorm_forward(x, gamma, beta, ln_param, **kwargs)
+
+
+layernorm_backward = _backward_dispatch("layernorm_backward")
+
 __all__ = [
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "spatial_batchnorm_forward", "spatial_batchnorm_backward",
+    "layernorm_forward", "layernorm_backward",
     "set_backend", "get_backend", "backend", "use_backend", "BACKENDS",
     "set_num_threads", "get_num_threads", "openmp_enabled",
     "compiled", "reference", "__version__",

@@ -12,7 +12,7 @@ result and of the running statistics the caller owns.
 """
 import math
 import numbers
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -136,3 +136,29 @@ def check_out(out, name, shape, dtype, *inputs):
             raise ValueError(f"{name} must not overlap the inputs (the cache keeps x "
                              f"for the backward pass); pass a separate buffer")
     return out
+
+
+class LayerNormParams(NamedTuple):
+    """Everything a layer-norm forward pass needs, checked."""
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    eps: float
+
+
+def check_layernorm_args(x, gamma, beta, ln_param):
+    """Validate a layer-norm forward call: x (N, D), statistics per row.
+
+    ``ln_param`` may be any mapping; only ``eps`` (default 1e-5) is read, so
+    the classic course code can pass its shared ``bn_param`` dicts unchanged.
+    """
+    x = check_input(x, 2)
+    size = x.shape[1]
+    gamma = check_vector(gamma, "gamma", size, x.dtype)
+    beta = check_vector(beta, "beta", size, x.dtype)
+    if not isinstance(ln_param, Mapping):
+        raise TypeError(f"ln_param must be a dict, got {type(ln_param).__name__}")
+    eps = _real(ln_param.get("eps", 1e-5), "ln_param['eps']")
+    if eps < 0:
+        raise ValueError(f"ln_param['eps'] must be >= 0, got {eps}")
+    return LayerNormParams(x, gamma, beta, eps)

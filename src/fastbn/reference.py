@@ -16,10 +16,13 @@ Conventions
 * Train mode normalizes with the batch mean and the *biased* batch variance
   and updates ``running = momentum * running + (1 - momentum) * batch_stat``.
   Test mode normalizes with the running statistics.
+* Layer normalization (Ba, Kiros & Hinton, 2016) turns the axes around:
+  each *sample* is normalized over its D features, the same way in training
+  and at test time, so it keeps no running statistics.
 """
 import numpy as np
 
-from ._validation import check_batchnorm_args, check_dout
+from ._validation import check_batchnorm_args, check_dout, check_layernorm_args
 
 
 def batchnorm_forward(x, gamma, beta, bn_param):
@@ -197,3 +200,80 @@ def spatial_batchnorm_backward(dout, cache):
     dx_rows, dgamma, dbeta = batchnorm_backward_alt(dout_rows, c["rows"])
     dx = dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
     return dx, dgamma, dbeta
+
+
+def layernorm_forward(x, gamma, beta, ln_param):
+    """Forward pass of layer normalization.
+
+    Each row of ``x`` (one sample) is normalized over its D features with
+    that row's own mean and biased variance, then scaled and shifted per
+    feature by ``gamma`` and ``beta``.  It is batch normalization of ``x.T``
+    in train mode, except that ``gamma``/``beta`` still act on the features.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, D)
+        Input data, float32 or float64.
+    gamma, beta : ndarray, shape (D,)
+        Scale and shift, same dtype as ``x``.
+    ln_param : dict
+        ``eps`` (default 1e-5); other keys are ignored.
+
+    Returns
+    -------
+    out : ndarray, shape (N, D)
+        ``gamma * (x - mean) / sqrt(var + eps) + beta`` with per-row mean
+        and variance.
+    cache : dict
+        The intermediate values :func:`layernorm_backward` needs.
+    """
+    p = check_layernorm_args(x, gamma, beta, ln_param)
+    x, gamma, beta = p.x, p.gamma, p.beta
+
+    mean = x.mean(axis=1, keepdims=True)        # (N, 1): one mean per sample
+    var = x.var(axis=1, keepdims=True)          # biased: divides by D
+    std = np.sqrt(var + p.eps)
+    x_hat = (x - mean) / std
+    out = gamma * x_hat + beta                  # gamma, beta broadcast over rows
+
+    cache = {"kind": "layernorm", "x": x, "x_hat": x_hat, "std": std, "gamma": gamma}
+    return out.astype(x.dtype, copy=False), cache
+
+
+def layernorm_backward(dout, cache):
+    """Backward pass of layer normalization.
+
+    ``gamma`` and ``beta`` act per feature, so their gradients sum over the
+    batch exactly as in batch norm.  The normalization acts per row, so the
+    closed form of :func:`batchnorm_backward_alt` applies with the roles of
+    the axes swapped: with ``dx_hat = dout * gamma``,
+
+        dx = (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)) / std
+
+    where both means run over the D features of each row.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient.
+    cache : dict
+        From :func:`layernorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+    """
+    c = _check_cache(cache, "layernorm")
+    dout = check_dout(dout, c["x"])
+    x_hat, std, gamma = c["x_hat"], c["std"], c["gamma"]
+
+    # out = gamma * x_hat + beta: per-feature parameters, sums over samples
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * x_hat).sum(axis=0)
+    # x_hat = (x - mean) / std with per-row mean and std
+    dx_hat = dout * gamma
+    dx = (dx_hat
+          - dx_hat.mean(axis=1, keepdims=True)
+          - x_hat * (dx_hat * x_hat).mean(axis=1, keepdims=True)) / std
+    return dx.astype(dout.dtype, copy=False), dgamma, dbeta
