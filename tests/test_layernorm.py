@@ -156,3 +156,154 @@ def test_bad_backward_arguments_raise(rng, backend):
     _, bn_cache = ref.batchnorm_forward(x, gamma, beta, {"mode": "train"})
     with pytest.raises(TypeError, match="cache"):
         bwd(dout, bn_cache)
+
+
+# -- the compiled kernel against the reference, over generated cases ------
+
+def _cases():
+    return [(d, s, lay) for d in DTYPES for s in SHAPES_2D for lay in LAYOUTS]
+
+
+def _check_against_reference(rng, dtype, shape, layout, offset=2.0, scale=3.0):
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=offset, scale=scale)
+    x_l, dout_l = with_layout(x, layout), with_layout(dout, layout)
+    ln_param = {"eps": 1e-4}
+    out, cache = compiled.layernorm_forward(x_l, gamma, beta, ln_param)
+    out_ref, cache_ref = ref.layernorm_forward(x.astype(F64), gamma.astype(F64),
+                                               beta.astype(F64), ln_param)
+    assert type(cache) is compiled.LayerNormCache and cache.x is x_l
+    assert out.dtype == dtype and out.shape == shape
+    np.testing.assert_allclose(out, out_ref, **TOL[dtype])
+
+    dx, dgamma, dbeta = compiled.layernorm_backward(dout_l, cache)
+    dx_ref, dgamma_ref, dbeta_ref = ref.layernorm_backward(dout.astype(F64), cache_ref)
+    assert dx.dtype == dgamma.dtype == dbeta.dtype == dtype
+    assert dx.shape == shape and dgamma.shape == dbeta.shape == (shape[1],)
+    scale_dx = np.abs(dx_ref).max() + 1
+    np.testing.assert_allclose(dx / scale_dx, dx_ref / scale_dx, **TOL[dtype])
+    # column sums over N rows: rounding grows like sqrt(N)
+    atol = TOL[dtype]["atol"] * np.sqrt(shape[0])
+    np.testing.assert_allclose(dgamma, dgamma_ref, rtol=TOL[dtype]["rtol"], atol=atol)
+    np.testing.assert_allclose(dbeta, dbeta_ref, rtol=TOL[dtype]["rtol"], atol=atol)
+
+
+@pytest.mark.parametrize("dtype,shape,layout", _cases())
+def test_compiled_matches_reference(rng, dtype, shape, layout):
+    _check_against_reference(rng, dtype, shape, layout)
+
+
+@pytest.mark.parametrize("shape", [(4097, 9), (3, 20000), (1, 40000), (700, 64)])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_partitions_match_reference(rng, shape, threads):
+    """Shapes large enough to be split across threads: per-thread partials merge."""
+    fastbn.set_num_threads(threads)
+    try:
+        for layout in ("C", "F"):
+            _check_against_reference(rng, np.float64, shape, layout)
+    finally:
+        fastbn.set_num_threads(None)
+
+
+def test_broadcast_rows_zero_stride(rng):
+    """A read-only broadcast input (stride 0 along N) is read correctly."""
+    row = rng.standard_normal(7)
+    x = np.broadcast_to(row, (5, 7))
+    gamma, beta, dout = np.ones(7), np.zeros(7), rng.standard_normal((5, 7))
+    out, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    out_ref, cache_ref = ref.layernorm_forward(np.array(x), gamma, beta, {})
+    np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(compiled.layernorm_backward(dout, cache),
+                    ref.layernorm_backward(dout, cache_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 20000), (20000, 3)])
+def test_float32_large_offset_is_accurate(rng, shape):
+    """1e4 + randn in float32 normalizes to float32 rounding of the float64 result."""
+    x32 = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    D = shape[1]
+    g, b = np.ones(D, np.float32), np.zeros(D, np.float32)
+    out32, cache32 = compiled.layernorm_forward(x32, g, b, {})
+    out64, cache64 = ref.layernorm_forward(x32.astype(F64), g.astype(F64), b.astype(F64), {})
+    assert np.abs(out32 - out64).max() < 1e-3
+    dout = rng.standard_normal(shape)
+    dx32 = compiled.layernorm_backward(dout.astype(np.float32), cache32)[0]
+    dx64 = ref.layernorm_backward(dout, cache64)[0]
+    assert np.abs(dx32 - dx64).max() < 1e-3 * (np.abs(dx64).max() + 1)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "reversed"])
+def test_out_buffers_are_used(rng, layout):
+    x, gamma, beta, dout = make_case(rng, (13, 7), F64)
+    out = with_layout(np.zeros_like(x), layout)
+    result, cache = compiled.layernorm_forward(x, gamma, beta, {}, out=out)
+    assert result is out
+    expect, _ = compiled.layernorm_forward(x, gamma, beta, {})
+    np.testing.assert_array_equal(out, expect)
+    dx = with_layout(np.zeros_like(x), layout)
+    got = compiled.layernorm_backward(dout, cache, dx=dx)
+    assert got[0] is dx
+    # strided loops sum in another order than the vectorized contiguous ones
+    np.testing.assert_allclose(dx, compiled.layernorm_backward(dout, cache)[0],
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_top_level_accepts_buffers(rng):
+    x, gamma, beta, dout = make_case(rng, (5, 6), F64)
+    out = np.empty_like(x)
+    result, cache = fastbn.layernorm_forward(x, gamma, beta, {}, out=out)
+    dx = np.empty_like(x)
+    assert result is out and fastbn.layernorm_backward(dout, cache, dx=dx)[0] is dx
+
+
+BAD_BUFFERS = [
+    (lambda x: np.empty((4, 3)), ValueError, "must have shape"),
+    (lambda x: np.empty(x.shape, np.float32), TypeError, "must have dtype"),
+    (lambda x: list(x), TypeError, "must be a numpy.ndarray"),
+    (lambda x: x, ValueError, "must not overlap"),
+    (lambda x: np.broadcast_to(np.zeros(x.shape[1]), x.shape), ValueError, "is read-only"),
+]
+
+
+@pytest.mark.parametrize("make_buf,exc,msg", BAD_BUFFERS)
+def test_bad_buffers_raise_and_change_nothing(rng, make_buf, exc, msg):
+    x, gamma, beta, dout = make_case(rng, (3, 4), F64)
+    x0 = x.copy()
+    buf = make_buf(x)
+    with pytest.raises(exc, match="out " + msg):
+        compiled.layernorm_forward(x, gamma, beta, {}, out=buf)
+    np.testing.assert_array_equal(x, x0)
+    _, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    buf = make_buf(x)
+    if buf is x:
+        buf = dout          # dx may not overlap dout either
+    with pytest.raises(exc, match="dx " + msg):
+        compiled.layernorm_backward(dout, cache, dx=buf)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_cache_is_lean(rng):
+    x, gamma, beta, _ = make_case(rng, (11, 5), np.float32)
+    _, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    assert isinstance(cache, compiled.LayerNormCache)
+    assert cache.x is x                       # the input itself, not a copy
+    assert cache.mean.shape == cache.invstd.shape == (11,)
+    assert cache.mean.dtype == cache.invstd.dtype == F64
+    arrays = [v for v in (getattr(cache, s) for s in cache.__slots__) if isinstance(v, np.ndarray)]
+    assert sum(a.nbytes for a in arrays if a is not x) < x.nbytes + 100
+
+
+def test_top_level_functions_run_the_extension(monkeypatch, rng):
+    """With the default backend the top-level API calls the compiled _ln kernels."""
+    from fastbn import _ln, compiled_ln
+    assert fastbn.get_backend() == "cython"
+    assert _ln.__file__.endswith((".so", ".pyd"))
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(_ln, name)
+        monkeypatch.setattr(_ln, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+    assert compiled_ln._ln is _ln
+    x, gamma, beta, dout = make_case(rng, (6, 4), F64)
+    _, cache = fastbn.layernorm_forward(x, gamma, beta, {})
+    fastbn.layernorm_backward(dout, cache)
+    assert calls == ["forward", "backward"] and type(cache) is compiled.LayerNormCache

@@ -245,4 +245,4 @@ def spatial_batchnorm_backward(dout, cache, dx=None):
 
 # Layer normalization lives in its own module; re-exported so this module
 # stays the whole compiled backend.
-from .compiled_ln import layernorm_backward, layernorm_forward  # noqa: E402,F401
+from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: E402,F401

@@ -1,38 +1,119 @@
-"""The compiled backend's layer normalization.
+"""The compiled backend's layer normalization, on the ``_ln`` kernels.
 
-TEMPORARY: until the ``_ln`` kernel lands, these functions delegate to
-:mod:`fastbn.reference` so the training stack can be built on the final API.
+Same signatures and results as :func:`fastbn.reference.layernorm_forward` /
+:func:`fastbn.reference.layernorm_backward`, plus ``out=`` / ``dx=`` buffers.
+The kernels take any strides, so inputs and buffers are passed as they are:
+no copies, no transposes.  The cache is lean: the input itself, gamma, and
+the per-row mean and inverse standard deviation in float64.
 """
-from . import reference
+import numpy as np
+
+from . import _ln
+from ._config import threads_for
+from ._validation import check_dout, check_layernorm_args, check_out
+
+F64 = np.float64
 
 
-def layernorm_forward(x, gamma, beta, ln_param):
+class LayerNormCache:
+    """State kept from a layer-norm forward pass for the backward pass.
+
+    Attributes
+    ----------
+    x : ndarray, shape (N, D)
+        The forward input, not a copy: modifying it in place before the
+        backward pass changes the gradients, as in PyTorch.
+    gamma : ndarray, shape (D,)
+    mean, invstd : ndarray of float64, shape (N,)
+        Per-row statistics.
+    """
+    __slots__ = ("x", "gamma", "mean", "invstd")
+
+    def __init__(self, x, gamma, mean, invstd):
+        self.x, self.gamma, self.mean, self.invstd = x, gamma, mean, invstd
+
+    def __repr__(self):
+        return f"<fastbn layernorm cache, x{self.x.shape} {self.x.dtype}>"
+
+
+def layernorm_forward(x, gamma, beta, ln_param, out=None):
     """Layer-normalize each row of ``x`` (N, D) over its D features.
 
     Parameters
     ----------
     x : array_like, shape (N, D)
-        float32 or float64; the result has the same dtype.
+        float32 or float64, any memory layout; the result has the same dtype.
     gamma, beta : ndarray, shape (D,)
         Per-feature scale and shift, same dtype as ``x``.
     ln_param : dict
         ``eps`` (default 1e-5); other keys are ignored.
+    out : ndarray, optional
+        Buffer for the result, same shape and dtype as ``x``, any strides;
+        must not overlap ``x``, ``gamma`` or ``beta``.
 
     Returns
     -------
     out : ndarray, shape (N, D)
-    cache
+        C-ordered unless ``out`` was given.
+    cache : LayerNormCache
         For :func:`layernorm_backward`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument; nothing the caller owns is modified.
     """
-    return reference.layernorm_forward(x, gamma, beta, ln_param)
+    p = check_layernorm_args(x, gamma, beta, ln_param)
+    x = p.x
+    if out is None:
+        out = np.empty(x.shape, x.dtype)
+    else:
+        check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
+    gamma = np.ascontiguousarray(p.gamma)
+    beta = np.ascontiguousarray(p.beta)
+    N = x.shape[0]
+    mean, invstd = np.empty(N, F64), np.empty(N, F64)
+    _ln.forward(x, gamma, beta, p.eps, out, mean, invstd, threads_for(x.size))
+    return out, LayerNormCache(x, gamma, mean, invstd)
 
 
-def layernorm_backward(dout, cache):
-    """Gradients of :func:`layernorm_forward`.
+def _check_cache(cache):
+    if type(cache) is not LayerNormCache:
+        hint = ""
+        if isinstance(cache, dict) and "kind" in cache:
+            hint = " (this looks like a cache from the NumPy reference backend)"
+        raise TypeError(f"cache must be the cache returned by fastbn's compiled "
+                        f"layernorm_forward, got {type(cache).__name__}{hint}")
+    return cache
+
+
+def layernorm_backward(dout, cache, dx=None):
+    """Gradients of :func:`layernorm_forward`, fused in two passes per row.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient, same dtype as the forward input, any layout.
+    cache : LayerNormCache
+        From :func:`layernorm_forward`.
+    dx : ndarray, optional
+        Buffer for the input gradient, any strides; must not overlap ``x``
+        or ``dout``.
 
     Returns
     -------
     dx : ndarray, shape (N, D)
     dgamma, dbeta : ndarray, shape (D,)
     """
-    return reference.layernorm_backward(dout, cache)
+    c = _check_cache(cache)
+    x = c.x
+    dout = check_dout(dout, x)
+    if dx is None:
+        dx = np.empty(x.shape, x.dtype)
+    else:
+        check_out(dx, "dx", x.shape, x.dtype, x, dout)
+    D = x.shape[1]
+    dgamma, dbeta = np.empty(D, x.dtype), np.empty(D, x.dtype)
+    _ln.backward(x, dout, c.gamma, c.mean, c.invstd, dx, dgamma, dbeta,
+                 threads_for(x.size))
+    return dx, dgamma, dbeta

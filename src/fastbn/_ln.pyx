@@ -1,0 +1,191 @@
+# cython: language_level=3
+"""Compiled layer-normalization kernels (float32 and float64 via ``floating``).
+
+Layer norm normalizes each row of an ``(N, D)`` array over its D features, so
+the natural unit of work is a row: threads take contiguous blocks of rows
+(one block per thread), and every row is read while it is still in cache.
+
+* Forward: one pass per row computes float64 sums of ``x - c`` and
+  ``(x - c)**2`` with ``c`` the row's first value (the shifted-data
+  algorithm: stable when the data sit far from zero), then a second pass
+  writes ``out = gamma * (x * alpha + shift) + beta`` once per element with
+  the row's ``alpha = invstd`` and ``shift = -mean * invstd``.
+* Backward (fused): one pass per row computes ``sum(dout * gamma)`` and
+  ``sum(dout * gamma * (x - mean))`` -- and, in the same pass, adds the row
+  into the thread's float64 partial column sums for ``dbeta`` and
+  ``dgamma`` -- then a second pass writes ``dx``.  The per-thread partials
+  (``2 * D`` doubles each) are merged at the end: no N x D temporaries.
+
+Any strides work (element strides, possibly negative or zero); a unit
+feature stride gets its own loop so the compiler emits vector loads.  The
+Python layer validates everything before calling in: these functions assume
+non-empty, shape-consistent arguments of one dtype.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
+from cython cimport floating
+
+from fastbn._kernels cimport _row_chunks
+
+
+cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                               floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                               Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                               const floating* gamma, const floating* beta,
+                               double eps, double* mean,
+                               double* invstd) noexcept nogil:
+    """Rows r0..r1: statistics, then the output, row by row."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef floating* yrow
+    cdef double c, v, s1, s2, m, var, alpha, shift
+    for i in range(r0, r1):
+        xr = x + i * sr
+        yrow = y + i * yr
+        c = xr[0]
+        s1 = 0.0
+        s2 = 0.0
+        if sd == 1:
+            for j in range(D):
+                v = xr[j] - c
+                s1 += v
+                s2 += v * v
+        else:
+            for j in range(D):
+                v = xr[j * sd] - c
+                s1 += v
+                s2 += v * v
+        m = s1 / D
+        var = s2 / D - m * m
+        if var < 0.0:        # rounding only; a NaN stays NaN
+            var = 0.0
+        mean[i] = c + m
+        alpha = 1.0 / sqrt(var + eps)
+        invstd[i] = alpha
+        shift = -mean[i] * alpha
+        if sd == 1 and yd == 1:
+            for j in range(D):
+                yrow[j] = <floating>(gamma[j] * (xr[j] * alpha + shift) + beta[j])
+        else:
+            for j in range(D):
+                yrow[j * yd] = <floating>(gamma[j] * (xr[j * sd] * alpha + shift) + beta[j])
+
+
+cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                floating* dx, Py_ssize_t dr, Py_ssize_t dd,
+                                Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                const floating* gamma, const double* mean,
+                                const double* invstd, double* pgamma,
+                                double* pbeta) noexcept nogil:
+    """Rows r0..r1: dx, and this block's column sums for dgamma and dbeta.
+
+    With g = dout * gamma and xc = x - mean, the closed form
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row becomes
+    dx = invstd * g + b * xc + c0 with the row's scalars
+    b = -invstd**3 * sum(g * xc) / D and c0 = -invstd * sum(g) / D.
+    """
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef const floating* grow
+    cdef floating* drow
+    cdef double mu, inv, g, gg, xc, sg, sgx, b, c0
+    for j in range(D):
+        pgamma[j] = 0.0
+        pbeta[j] = 0.0
+    for i in range(r0, r1):
+        xr = x + i * sr
+        grow = dy + i * gr
+        drow = dx + i * dr
+        mu = mean[i]
+        inv = invstd[i]
+        sg = 0.0
+        sgx = 0.0
+        if sd == 1 and gd == 1:
+            for j in range(D):
+                g = grow[j]
+                xc = xr[j] - mu
+                pbeta[j] += g
+                pgamma[j] += g * (xc * inv)
+                gg = g * gamma[j]
+                sg += gg
+                sgx += gg * xc
+        else:
+            for j in range(D):
+                g = grow[j * gd]
+                xc = xr[j * sd] - mu
+                pbeta[j] += g
+                pgamma[j] += g * (xc * inv)
+                gg = g * gamma[j]
+                sg += gg
+                sgx += gg * xc
+        b = -inv * inv * inv * sgx / D
+        c0 = -inv * sg / D
+        if sd == 1 and gd == 1 and dd == 1:
+            for j in range(D):
+                drow[j] = <floating>(inv * (gamma[j] * <double>grow[j])
+                                     + b * (xr[j] - mu) + c0)
+        else:
+            for j in range(D):
+                drow[j * dd] = <floating>(inv * (gamma[j] * <double>grow[j * gd])
+                                          + b * (xr[j * sd] - mu) + c0)
+
+
+# --------------------------------------------------------------------------
+# Python entry points.  All run without the GIL.
+# --------------------------------------------------------------------------
+
+def forward(const floating[:, :] x, const floating[::1] gamma,
+            const floating[::1] beta, double eps, floating[:, :] out,
+            double[::1] mean, double[::1] invstd, int nthreads):
+    """Layer-norm forward on (N, D); fills the per-row mean and invstd (float64)."""
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &out[0, 0]
+    with nogil:
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _forward_rows(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                          &gamma[0], &beta[0], eps, &mean[0], &invstd[0])
+
+
+def backward(const floating[:, :] x, const floating[:, :] dout,
+             const floating[::1] gamma, const double[::1] mean,
+             const double[::1] invstd, floating[:, :] dx,
+             floating[::1] dgamma, floating[::1] dbeta, int nthreads):
+    """Fused layer-norm backward on (N, D): dx, dgamma and dbeta."""
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef const floating* xp = &x[0, 0]
+    cdef const floating* gp = &dout[0, 0]
+    cdef floating* dp = &dx[0, 0]
+    cdef double s1, s2
+    # per block: D partial sums for dgamma, then D for dbeta
+    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    if part == NULL:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    with nogil:
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _backward_rows(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                           (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
+                           part + 2 * t * D, part + (2 * t + 1) * D)
+        for j in range(D):
+            s1 = 0.0
+            s2 = 0.0
+            for t in range(nch):
+                s1 = s1 + part[2 * t * D + j]
+                s2 = s2 + part[(2 * t + 1) * D + j]
+            dgamma[j] = <floating>s1
+            dbeta[j] = <floating>s2
+    free(part)
