@@ -1,0 +1,336 @@
+"""``fastbn bench``: a side-by-side speed table, fastbn vs NumPy vs PyTorch.
+
+Every implementation runs on the same arrays, interleaved round by round
+(fastbn, torch, reference, stream, fastbn, ...), so load from other processes
+hits all of them alike and the ratios stay meaningful on a busy machine.
+The reported time is the best of ``--repeat`` rounds (noise only ever adds
+time); the median is kept in the JSON too.
+
+What is timed, per shape and direction:
+
+* forward: train mode with the running-statistics update and a fresh output
+  (``batchnorm_forward`` / ``spatial_batchnorm_forward``,
+  ``torch.native_batch_norm``);
+* backward: ``batchnorm_backward_alt`` / ``spatial_batchnorm_backward``,
+  ``torch.ops.aten.native_batch_norm_backward``, fresh ``dx``;
+* stream: the physical floor, one pass over the same bytes into a fresh
+  array: ``x * 2`` for the forward (read x, write out), ``x + dout`` for the
+  backward (read x and dout, write dx).
+
+PyTorch and matplotlib are optional; without them their columns or the plot
+are skipped with a message.  The shared case builders (:func:`make_case`,
+:func:`implementations`) also drive the pytest-benchmark suite in ``bench/``.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# (shape, dtype): the shapes of the performance targets (issue 4).
+DEFAULT_SHAPES = (
+    ((100, 500), "float64"),
+    ((256, 4096), "float32"),
+    ((4096, 1024), "float32"),
+    ((64, 64, 56, 56), "float32"),
+    ((32, 256, 14, 14), "float32"),
+)
+DIRECTIONS = ("forward", "backward")
+IMPLS = ("fastbn", "torch", "reference", "stream")
+EPS = 1e-5
+MOMENTUM = 0.9      # classic API: running = m * running + (1 - m) * batch
+
+
+def parse_shape(text):
+    """``'64x64x56x56'`` or ``'100x500:f64'`` -> ((64, 64, 56, 56), 'float32')."""
+    spec, _, dt = text.partition(":")
+    dtype = {"": "float32", "f32": "float32", "float32": "float32",
+             "f64": "float64", "float64": "float64"}.get(dt.lower())
+    if dtype is None:
+        raise ValueError(f"shape {text!r}: dtype must be f32 or f64, got {dt!r}")
+    try:
+        shape = tuple(int(s) for s in spec.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"shape {text!r}: expected e.g. 256x4096 or 64x64x56x56:f32") from None
+    if len(shape) not in (2, 4) or min(shape) < 1:
+        raise ValueError(f"shape {text!r}: need 2 (N, D) or 4 (N, C, H, W) positive sizes")
+    return shape, dtype
+
+
+def shape_label(shape, dtype):
+    return "x".join(map(str, shape)) + (":f64" if dtype == "float64" else ":f32")
+
+
+def make_case(shape, dtype, seed=0):
+    """Inputs for one shape: x, dout, gamma, beta (features on axis 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
+    x = x * 2 + 1            # stats away from (0, 1), as real activations are
+    dout = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
+    D = shape[1]
+    gamma = (1 + 0.1 * rng.standard_normal(D)).astype(dtype)
+    beta = (0.1 * rng.standard_normal(D)).astype(dtype)
+    return {"x": x, "dout": dout, "gamma": gamma, "beta": beta}
+
+
+def _numpy_impl(module, case, direction):
+    x, dout, gamma, beta = case["x"], case["dout"], case["gamma"], case["beta"]
+    spatial = x.ndim == 4
+    fwd = module.spatial_batchnorm_forward if spatial else module.batchnorm_forward
+    bwd = module.spatial_batchnorm_backward if spatial else module.batchnorm_backward_alt
+    D = x.shape[1]
+    bn_param = {"mode": "train", "eps": EPS, "momentum": MOMENTUM,
+                "running_mean": np.zeros(D, x.dtype), "running_var": np.ones(D, x.dtype)}
+    if direction == "forward":
+        return lambda: fwd(x, gamma, beta, bn_param)
+    _, cache = fwd(x, gamma, beta, dict(bn_param))
+    return lambda: bwd(dout, cache)
+
+
+def _torch_impl(torch, case, direction):
+    x = torch.from_numpy(case["x"])              # no copies: same memory as fastbn's
+    dout = torch.from_numpy(case["dout"])
+    w, b = torch.from_numpy(case["gamma"]), torch.from_numpy(case["beta"])
+    D = x.shape[1]
+    rm, rv = torch.zeros(D, dtype=x.dtype), torch.ones(D, dtype=x.dtype)
+    tmom = 1 - MOMENTUM                          # torch's momentum is the new-data weight
+    if direction == "forward":
+        return lambda: torch.native_batch_norm(x, w, b, rm, rv, True, tmom, EPS)
+    _, save_mean, save_invstd = torch.native_batch_norm(x, w, b, rm.clone(), rv.clone(),
+                                                        True, tmom, EPS)
+    bwd = torch.ops.aten.native_batch_norm_backward
+    mask = [True, True, True]
+    return lambda: bwd(dout, x, w, rm, rv, save_mean, save_invstd, True, EPS, mask)
+
+
+def _stream_impl(case, direction):
+    x, dout = case["x"], case["dout"]
+    if direction == "forward":
+        return lambda: np.multiply(x, 2)           # read x, write a fresh array
+    return lambda: np.add(x, dout)                 # read x and dout, write a fresh array
+
+
+def import_torch():
+    """torch, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def implementations(case, direction, torch=None, which=IMPLS):
+    """name -> zero-argument callable running one call of that implementation."""
+    from . import compiled, reference
+    out = {}
+    for name in which:
+        if name == "fastbn":
+            out[name] = _numpy_impl(compiled, case, direction)
+        elif name == "reference":
+            out[name] = _numpy_impl(reference, case, direction)
+        elif name == "torch" and torch is not None:
+            out[name] = _torch_impl(torch, case, direction)
+        elif name == "stream":
+            out[name] = _stream_impl(case, direction)
+    return out
+
+
+def time_interleaved(fns, repeat, slow=(), slow_repeat=None):
+    """Time each callable ``repeat`` times, round-robin; per name, a list of seconds.
+
+    Names in ``slow`` (the NumPy reference) run only in the first
+    ``slow_repeat`` rounds, interleaved with the others all the same.
+    """
+    slow_repeat = repeat if slow_repeat is None else min(repeat, slow_repeat)
+    for fn in fns.values():     # warm up: first-touch allocations, lazy imports
+        fn()
+    times = {name: [] for name in fns}
+    clock = time.perf_counter
+    for r in range(repeat):
+        for name, fn in fns.items():
+            if name in slow and r >= slow_repeat:
+                continue
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return times
+
+
+def machine():
+    """A short description of where the numbers came from."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform()}
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
+                  progress=None):
+    """Measure every shape and direction; returns the JSON-ready result dict."""
+    import fastbn
+    from . import _config
+    torch_mod = import_torch() if torch == "auto" else torch
+    saved = _config._user_threads, torch_mod and torch_mod.get_num_threads()
+    try:
+        if threads is not None:
+            fastbn.set_num_threads(threads)
+        nthreads = fastbn.get_num_threads()
+        if torch_mod is not None:
+            torch_mod.set_num_threads(nthreads)
+        rows = _measure(shapes, repeat, torch_mod, progress)
+    finally:     # the caller's thread settings, as they were
+        fastbn.set_num_threads(saved[0])
+        if torch_mod is not None:
+            torch_mod.set_num_threads(saved[1])
+    return {
+        "fastbn_version": fastbn.__version__,
+        "torch_version": getattr(torch_mod, "__version__", None),
+        "threads": nthreads, "openmp": fastbn.openmp_enabled(), "repeat": repeat,
+        "machine": machine(), "results": rows,
+    }
+
+
+def _measure(shapes, repeat, torch_mod, progress):
+    rows = []
+    for shape, dtype in shapes:
+        case = make_case(shape, dtype)
+        for direction in DIRECTIONS:
+            if progress:
+                progress(f"{shape_label(shape, dtype)} {direction}")
+            fns = implementations(case, direction, torch_mod)
+            # the NumPy reference is 10-100x slower: a few rounds pin it down
+            times = time_interleaved(fns, repeat, slow=("reference",),
+                                     slow_repeat=max(3, repeat // 4))
+            ms = {name: {"min": 1e3 * min(t), "median": 1e3 * statistics.median(t),
+                         "n": len(t)} for name, t in times.items()}
+            best = {name: v["min"] for name, v in ms.items()}
+            f = best["fastbn"]
+            rows.append({
+                "shape": list(shape), "dtype": dtype, "direction": direction, "ms": ms,
+                "ratios": {
+                    "torch_over_fastbn": _ratio(best.get("torch"), f),
+                    "reference_over_fastbn": _ratio(best.get("reference"), f),
+                    "fastbn_over_stream": _ratio(f, best.get("stream")),
+                },
+            })
+    return rows
+
+
+def format_table(result):
+    """The result as a Markdown table (ms are best-of-repeat)."""
+    has_torch = result["torch_version"] is not None
+    head = ["shape", "dtype", "pass", "fastbn ms"]
+    if has_torch:
+        head += ["torch ms"]
+    head += ["reference ms", "stream ms"]
+    if has_torch:
+        head += ["torch / fastbn"]
+    head += ["reference / fastbn", "fastbn / stream"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["results"]:
+        ms, q = r["ms"], r["ratios"]
+        cells = ["(" + ", ".join(map(str, r["shape"])) + ")", r["dtype"], r["direction"],
+                 f"{ms['fastbn']['min']:.3f}"]
+        if has_torch:
+            cells += [f"{ms['torch']['min']:.3f}"]
+        cells += [f"{ms['reference']['min']:.3f}", f"{ms['stream']['min']:.3f}"]
+        if has_torch:
+            cells += [f"{q['torch_over_fastbn']:.2f}x"]
+        cells += [f"{q['reference_over_fastbn']:.1f}x", f"{q['fastbn_over_stream']:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """Bar chart of the speedups of fastbn over torch and over the reference."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["results"]
+    labels = [f"{shape_label(r['shape'], r['dtype'])}\n{r['direction']}" for r in rows]
+    series = [("vs reference", "reference_over_fastbn")]
+    if result["torch_version"] is not None:
+        series.insert(0, ("vs torch", "torch_over_fastbn"))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    xs = np.arange(len(rows))
+    for k, (name, key) in enumerate(series):
+        ax.bar(xs + k * width, [r["ratios"][key] for r in rows], width, label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(xs + width * (len(series) - 1) / 2)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("speedup of fastbn (x, log scale)")
+    ax.set_title(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
+                 f"{result['machine']['cpu']}", fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- the subcommand ---------------------------------------------------------
+
+def add_arguments(parser):
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for fastbn and torch (default: fastbn.get_num_threads())")
+    parser.add_argument("--repeat", type=int, default=20,
+                        help="timed rounds per shape and pass (default 20; the NumPy "
+                             "reference runs in a quarter of them, at least 3)")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
+                        metavar="SHAPE",
+                        help="e.g. 256x4096 64x64x56x56 100x500:f64 (default: the five "
+                             "target shapes)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--plot", metavar="FILE", help="also draw a bar chart (matplotlib)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+
+
+def run(args):
+    if args.threads is not None and args.threads < 1:
+        print("fastbn bench: --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print("fastbn bench: --repeat must be >= 1", file=sys.stderr)
+        return 2
+    torch = None if args.no_torch else import_torch()
+    if torch is None and not args.no_torch:
+        print("PyTorch is not installed: no torch column (pip install torch to add it)",
+              file=sys.stderr)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("matplotlib is not installed: no plot (pip install matplotlib, or "
+                  "pip install 'fastbn[experiments]')", file=sys.stderr)
+            args.plot = None
+    result = run_benchmark(args.shapes or DEFAULT_SHAPES, threads=args.threads,
+                           repeat=args.repeat, torch=torch,
+                           progress=lambda s: print(f"  timing {s}", file=sys.stderr))
+    m = result["machine"]
+    print(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
+          f"torch {result['torch_version'] or '-'}, {m['cpu']}; best of {args.repeat} "
+          f"interleaved rounds (reference: fewer)")
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

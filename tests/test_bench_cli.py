@@ -1,0 +1,68 @@
+"""`fastbn bench`: the command runs and its JSON has the documented structure.
+
+Timing values are not asserted (speed lives in bench/); only that every
+shape, pass and implementation is reported with positive times and ratios
+that are the quotients of those times.
+"""
+import json
+
+import pytest
+
+from fastbn import cli
+from fastbn.benchmark import format_table, parse_shape
+
+
+def test_bench_json_structure(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--shapes", "7x5", "3x2x4x5:f64", "--repeat", "2",
+                   "--threads", "1", "--no-torch", "--json", str(path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| (7, 5) | float32 | forward |" in out
+    assert "| (3, 2, 4, 5) | float64 | backward |" in out
+    data = json.loads(path.read_text())
+    assert data["threads"] == 1 and data["repeat"] == 2
+    assert data["torch_version"] is None
+    assert {"cpu", "logical_cpus", "numpy"} <= set(data["machine"])
+    got = [(tuple(r["shape"]), r["dtype"], r["direction"]) for r in data["results"]]
+    assert got == [((7, 5), "float32", "forward"), ((7, 5), "float32", "backward"),
+                   ((3, 2, 4, 5), "float64", "forward"), ((3, 2, 4, 5), "float64", "backward")]
+    for r in data["results"]:
+        assert set(r["ms"]) == {"fastbn", "reference", "stream"}
+        for name, t in r["ms"].items():
+            assert 0 < t["min"] <= t["median"]
+            assert t["n"] >= 2 if name != "reference" else t["n"] >= 1
+        q, ms = r["ratios"], r["ms"]
+        assert q["torch_over_fastbn"] is None
+        assert q["reference_over_fastbn"] == pytest.approx(
+            ms["reference"]["min"] / ms["fastbn"]["min"])
+        assert q["fastbn_over_stream"] == pytest.approx(ms["fastbn"]["min"] / ms["stream"]["min"])
+    # the printed table is the JSON's table
+    assert format_table(data) in out
+
+
+def test_bench_restores_thread_setting(tmp_path):
+    import fastbn
+    before = fastbn.get_num_threads()
+    cli.main(["bench", "--shapes", "4x3", "--repeat", "1", "--threads", "1", "--no-torch"])
+    assert fastbn.get_num_threads() == before
+
+
+@pytest.mark.parametrize("text,want", [
+    ("256x4096", ((256, 4096), "float32")),
+    ("100x500:f64", ((100, 500), "float64")),
+    ("2x3x4x5:float32", ((2, 3, 4, 5), "float32")),
+])
+def test_parse_shape(text, want):
+    assert parse_shape(text) == want
+
+
+@pytest.mark.parametrize("text", ["256", "2x3x4", "0x5", "axb", "4x5:f16"])
+def test_parse_shape_rejects(text):
+    with pytest.raises(ValueError, match="shape"):
+        parse_shape(text)
+
+
+def test_bench_rejects_bad_threads(capsys):
+    assert cli.main(["bench", "--threads", "0", "--no-torch"]) == 2
+    assert "--threads" in capsys.readouterr().err
