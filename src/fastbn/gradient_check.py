@@ -1,0 +1,110 @@
+"""Numerical gradients by centered differences, to check analytic backward passes.
+
+The classic CS231n helpers: ``eval_numerical_gradient`` for a scalar
+function, ``eval_numerical_gradient_array`` for an array-valued one with an
+upstream gradient, and ``rel_error`` to compare the results.  Use float64
+inputs: with ``h = 1e-5`` float32 round-off swamps the difference quotient.
+"""
+import numpy as np
+
+__all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "rel_error",
+           "grad_check_sparse"]
+
+
+def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
+    """Gradient of a scalar function ``f`` at ``x``, one coordinate at a time.
+
+    Parameters
+    ----------
+    f : callable
+        Takes ``x`` (which this function perturbs in place, then restores)
+        and returns a scalar.
+    x : ndarray
+        Point at which to differentiate.
+    verbose : bool
+        Print each coordinate's index and derivative.
+    h : float
+        Step of the centered difference ``(f(x + h) - f(x - h)) / 2h``.
+
+    Returns
+    -------
+    grad : ndarray, shape of x
+    """
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        fxph = f(x)
+        x[ix] = old - h
+        fxmh = f(x)
+        x[ix] = old
+        grad[ix] = (fxph - fxmh) / (2 * h)
+        if verbose:
+            print(ix, grad[ix])
+        it.iternext()
+    return grad
+
+
+def eval_numerical_gradient_array(f, x, df, h=1e-5):
+    """Gradient of ``sum(f(x) * df)`` at ``x``: backprop of ``df`` through ``f``.
+
+    Parameters
+    ----------
+    f : callable
+        Takes ``x`` (perturbed in place, then restored) and returns an array.
+    x : ndarray
+    df : ndarray, shape of f(x)
+        Upstream gradient.
+    h : float
+
+    Returns
+    -------
+    grad : ndarray, shape of x
+    """
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        pos = np.array(f(x), copy=True)
+        x[ix] = old - h
+        neg = np.array(f(x), copy=True)
+        x[ix] = old
+        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+        it.iternext()
+    return grad
+
+
+def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
+    """Compare ``analytic_grad`` with centered differences at random coordinates.
+
+    Returns
+    -------
+    errors : list of float
+        Relative error at each sampled coordinate (also printed).
+    """
+    rng = np.random.default_rng(seed)
+    errors = []
+    for _ in range(num_checks):
+        ix = tuple(int(rng.integers(m)) for m in x.shape)
+        old = x[ix]
+        x[ix] = old + h
+        fxph = f(x)
+        x[ix] = old - h
+        fxmh = f(x)
+        x[ix] = old
+        num = (fxph - fxmh) / (2 * h)
+        ana = analytic_grad[ix]
+        err = abs(num - ana) / max(1e-12, abs(num) + abs(ana))
+        print(f"numerical: {num:f} analytic: {ana:f}, relative error: {err:e}")
+        errors.append(float(err))
+    return errors
+
+
+def rel_error(x, y):
+    """Largest elementwise relative error ``|x - y| / max(1e-8, |x| + |y|)``."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
