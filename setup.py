@@ -1,5 +1,6 @@
 """Build the Cython kernels, with OpenMP when the compiler has it."""
 import glob
+import json
 import os
 import sys
 import tempfile
@@ -53,7 +54,28 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = opt + (omp_c if use_omp else []) + ext.extra_compile_args
             ext.extra_link_args = (omp_l if use_omp else []) + ext.extra_link_args
+        self._write_flags_header(opt + (omp_c if use_omp else []))
         super().build_extensions()
+
+    def _write_flags_header(self, extra):
+        """Record the compile flags in a header that _buildinfo.pyx includes.
+
+        A header in the build directory (not a macro on the command line)
+        keeps quoting out of the picture on every compiler, including MSVC.
+        """
+        base = getattr(self.compiler, "compiler_so", None) or \
+            getattr(self.compiler, "compile_options", None) or []
+        text = (f"#define FASTBN_BUILD_COMPILER_CMD {json.dumps(' '.join(base))}\n"
+                f"#define FASTBN_BUILD_EXTRA_ARGS {json.dumps(' '.join(extra))}\n")
+        os.makedirs(self.build_temp, exist_ok=True)
+        path = os.path.join(self.build_temp, "fastbn_build_flags.h")
+        old = open(path).read() if os.path.exists(path) else None
+        if old != text:         # rewrite only on change, so rebuilds stay incremental
+            with open(path, "w") as f:
+                f.write(text)
+        for ext in self.extensions:
+            ext.include_dirs.append(self.build_temp)
+            ext.depends.append(path)
 
 
 def _ext(name):

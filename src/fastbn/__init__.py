@@ -16,6 +16,7 @@ import functools
 
 from . import compiled, reference
 from ._config import get_num_threads, openmp_enabled, set_num_threads
+from ._showconfig import show_config
 from ._version import __version__
 
 BACKENDS = {"cython": compiled, "numpy": reference}
@@ -107,6 +108,6 @@ __all__ = [
     "spatial_batchnorm_forward", "spatial_batchnorm_backward",
     "layernorm_forward", "layernorm_backward",
     "set_backend", "get_backend", "backend", "use_backend", "BACKENDS",
-    "set_num_threads", "get_num_threads", "openmp_enabled",
+    "set_num_threads", "get_num_threads", "openmp_enabled", "show_config",
     "compiled", "reference", "__version__",
 ]

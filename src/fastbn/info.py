@@ -1,4 +1,4 @@
-"""``fastbn info``: how this build of fastbn runs."""
+"""``fastbn info``: how this build of fastbn runs (see :func:`fastbn.show_config`)."""
 import fastbn
 
 
@@ -7,8 +7,6 @@ def add_arguments(parser):
 
 
 def run(args):
-    print(f"fastbn {fastbn.__version__}")
-    print(f"backend:        {fastbn.get_backend()}")
-    print(f"OpenMP:         {'yes' if fastbn.openmp_enabled() else 'no (serial build)'}")
-    print(f"threads:        {fastbn.get_num_threads()}")
+    fastbn.show_config()
+    print(f"backend:       {fastbn.get_backend()}")
     return 0

@@ -1,0 +1,90 @@
+"""What an installed fastbn says about itself: show_config, build facts, stubs."""
+import ast
+import contextlib
+import importlib
+import io
+import pathlib
+import platform
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _buildinfo
+
+PKG = pathlib.Path(fastbn.__file__).parent
+EXTENSIONS = sorted(p.name.split(".")[0] for p in PKG.iterdir()
+                    if p.suffix in (".so", ".pyd") and p.name.startswith("_"))
+
+
+def test_show_config_dicts_reports_build_and_runtime():
+    cfg = fastbn.show_config("dicts")
+    assert cfg["fastbn"]["version"] == fastbn.__version__
+    assert cfg["numpy"]["version"] == np.__version__
+    assert cfg["openmp"]["enabled"] is fastbn.openmp_enabled()
+    assert (cfg["openmp"]["version"] is None) is (not fastbn.openmp_enabled())
+    assert cfg["threads"] == fastbn.get_num_threads()
+    assert cfg["build"]["isa_macros"] == _buildinfo.isa()
+    assert cfg["build"]["compiler"] and cfg["build"]["compiler"] != "unknown"
+    # the flags header was found and filled in by setup.py
+    assert "-O" in cfg["build"]["extra_compile_args"] or "/O" in cfg["build"]["extra_compile_args"]
+
+
+def test_show_config_follows_set_num_threads():
+    old = fastbn.get_num_threads()
+    try:
+        fastbn.set_num_threads(3)
+        assert fastbn.show_config("dicts")["threads"] == 3
+    finally:
+        fastbn.set_num_threads(None)
+    assert fastbn.get_num_threads() == old
+
+
+def test_show_config_prints_report():
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert fastbn.show_config() is None
+    text = buf.getvalue()
+    assert f"fastbn {fastbn.__version__}" in text
+    assert "OpenMP:" in text and "threads:" in text and "kernels ISA:" in text
+
+
+def test_show_config_bad_mode_names_argument():
+    with pytest.raises(ValueError, match="mode"):
+        fastbn.show_config("json")
+
+
+def test_openmp_flag_agrees_with_binary():
+    # _threads and _buildinfo are separate binaries built with the same flags
+    assert fastbn.openmp_enabled() == (_buildinfo.openmp_version() > 0)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="x86-64 instruction-set levels")
+def test_isa_macros_include_sse2_on_x86_64():
+    assert "SSE2" in _buildinfo.isa()
+
+
+def test_cli_info_prints_show_config(capsys):
+    from fastbn.cli import main
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "OpenMP:" in out and "backend:" in out
+
+
+def test_py_typed_marker_ships():
+    assert (PKG / "py.typed").is_file()
+
+
+@pytest.mark.parametrize("name", EXTENSIONS)
+def test_every_extension_has_a_matching_stub(name):
+    """The .pyi lists exactly the public functions the extension exports."""
+    stub = PKG / f"{name}.pyi"
+    assert stub.is_file(), f"{name} has no type stub {stub.name}"
+    tree = ast.parse(stub.read_text())
+    stubbed = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    mod = importlib.import_module(f"fastbn.{name}")
+    exported = {k for k, v in vars(mod).items()
+                if callable(v) and not k.startswith("_") and not isinstance(v, type)
+                and getattr(v, "__module__", None) == mod.__name__}
+    assert stubbed == exported
