@@ -13,8 +13,12 @@ on the backend that produced its cache.
 import contextlib
 import contextvars
 import functools
+from collections.abc import MutableMapping
+
+import numpy as np
 
 from . import compiled, reference
+from ._validation import check_out
 from ._config import get_num_threads, openmp_enabled, set_num_threads
 from ._showconfig import show_config
 from ._version import __version__
@@ -69,12 +73,36 @@ def _module():
     return BACKENDS[_context_backend.get() or _default_backend]
 
 
+# ``out=`` / ``dx=`` work on both backends, so switching backends never breaks
+# a call.  The reference has no buffers: the dispatcher runs it, checks the
+# buffer exactly as the compiled backend does, then copies the result in.
+# The reference writes its running statistics into a copy of bn_param that
+# is merged back only once the buffer has passed, so a refused buffer leaves
+# bn_param untouched, as on the compiled backend.
+
+def _reference_forward_into(fn, x, gamma, beta, params, out):
+    staged = dict(params) if isinstance(params, MutableMapping) else params
+    result, cache = fn(x, gamma, beta, staged)         # validates the arguments
+    check_out(out, "out", result.shape, result.dtype, x, gamma, beta,
+              *[v for v in params.values() if isinstance(v, np.ndarray)])
+    np.copyto(out, result)
+    if staged is not params:
+        params.update(staged)
+    return out, cache
+
+
 def _forward_dispatch(name):
     compiled_fn = getattr(compiled, name)
 
     @functools.wraps(compiled_fn)
-    def forward(x, gamma, beta, bn_param, **kwargs):
-        return getattr(_module(), name)(x, gamma, beta, bn_param, **kwargs)
+    def forward(x, gamma, beta, bn_param, out=None):
+        module = _module()
+        if out is None:
+            return getattr(module, name)(x, gamma, beta, bn_param)
+        if module is reference:
+            return _reference_forward_into(getattr(reference, name), x, gamma, beta,
+                                           bn_param, out)
+        return getattr(module, name)(x, gamma, beta, bn_param, out=out)
     return forward
 
 
@@ -82,10 +110,18 @@ def _backward_dispatch(name):
     compiled_fn = getattr(compiled, name)
 
     @functools.wraps(compiled_fn)
-    def backward(dout, cache, **kwargs):
+    def backward(dout, cache, dx=None):
         # The cache says which backend made it; use that one.
-        module = reference if isinstance(cache, dict) else compiled
-        return getattr(module, name)(dout, cache, **kwargs)
+        if not isinstance(cache, dict):
+            fn = getattr(compiled, name)
+            return fn(dout, cache) if dx is None else fn(dout, cache, dx=dx)
+        result, dgamma, dbeta = getattr(reference, name)(dout, cache)
+        if dx is None:
+            return result, dgamma, dbeta
+        check_out(dx, "dx", result.shape, result.dtype, dout,
+                  *[v for v in cache.values() if isinstance(v, np.ndarray)])
+        np.copyto(dx, result)
+        return dx, dgamma, dbeta
     return backward
 
 
@@ -96,9 +132,7 @@ batchnorm_backward_alt = _backward_dispatch("batchnorm_backward_alt")
 spatial_batchnorm_backward = _backward_dispatch("spatial_batchnorm_backward")
 
 
-@functools.wraps(compiled.layernorm_forward)
-def layernorm_forward(x, gamma, beta, ln_param, **kwargs):
-    return _module().layernorm_forward(x, gamma, beta, ln_param, **kwargs)
+layernorm_forward = _forward_dispatch("layernorm_forward")
 
 
 layernorm_backward = _backward_dispatch("layernorm_backward")

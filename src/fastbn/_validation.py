@@ -26,11 +26,18 @@ def as_float_array(value, name):
         if value is None or isinstance(value, (str, bytes)):
             raise TypeError(f"{name} must be a float32 or float64 array, "
                             f"got {type(value).__name__}")
+        if isinstance(value, np.ma.MaskedArray):
+            # np.asarray would drop the mask and normalize the masked values too.
+            raise TypeError(f"{name} is a masked array; batch statistics cannot skip "
+                            f"masked entries: pass {name}.filled(...) or a plain array")
         try:
             value = np.asarray(value)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be a float32 or float64 array: {exc}") from None
     if value.dtype not in FLOAT_DTYPES:
+        if value.dtype.kind == "f" and value.dtype.newbyteorder() in FLOAT_DTYPES:
+            raise TypeError(f"{name} has non-native byte order ({value.dtype.str}); "
+                            f"convert it first, e.g. {name}.astype(np.float64)")
         raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}; "
                         f"cast it first, e.g. {name}.astype(np.float64)")
     return value
@@ -92,7 +99,7 @@ def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
     if "mode" not in bn_param:
         raise ValueError("bn_param['mode'] is required: 'train' or 'test'")
     mode = bn_param["mode"]
-    if mode not in ("train", "test"):
+    if not isinstance(mode, str) or mode not in ("train", "test"):
         raise ValueError(f"bn_param['mode'] must be 'train' or 'test', got {mode!r}")
     eps = _real(bn_param.get("eps", 1e-5), "bn_param['eps']")
     if eps < 0:

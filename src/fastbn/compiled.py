@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _bn
 from ._config import threads_for
-from ._validation import check_batchnorm_args, check_dout, check_out
+from ._validation import FLOAT_DTYPES, check_batchnorm_args, check_dout, check_out
 
 F64 = np.float64
 
@@ -99,7 +99,10 @@ def _forward(p, bn_param, out, spatial):
     x = p.x
     D = x.shape[1]
     rows = _uses_rows(x, spatial)
-    result, out_view, staged = _output(x, out, "out", rows, spatial, x, p.gamma, p.beta)
+    # out must not overlap anything the kernel reads, running statistics included.
+    running = [a for a in (p.running_mean, p.running_var) if a is not None]
+    result, out_view, staged = _output(x, out, "out", rows, spatial, x, p.gamma, p.beta,
+                                       *running)
     x_view = _view(x, rows, spatial)
     gamma = np.ascontiguousarray(p.gamma)
     beta = np.ascontiguousarray(p.beta)
@@ -184,7 +187,31 @@ def _check_cache(cache, spatial):
             hint = " (a cache from the other of batchnorm/spatial_batchnorm)"
         raise TypeError(f"cache must be the cache returned by fastbn's compiled "
                         f"{want}, got {type(cache).__name__}{hint}")
+    _check_cache_contents(cache, 4 if spatial else 2)
     return cache
+
+
+def _check_cache_contents(c, ndim):
+    """The kernels index gamma, mean and invstd by feature without bounds checks.
+
+    A cache's attributes are writable, and ``c.x`` is the caller's array (its
+    ``shape`` can be reassigned in place), so re-check that they still agree
+    before handing them to a kernel: a mismatch would be an out-of-bounds read.
+    """
+    x = c.x
+    ok = (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
+          and x.size > 0)
+    if ok:
+        D = x.shape[1]
+        ok = (type(c.gamma) is np.ndarray and c.gamma.shape == (D,)
+              and c.gamma.dtype == x.dtype and c.gamma.flags.c_contiguous
+              and all(type(a) is np.ndarray and a.shape == (D,) and a.dtype == F64
+                      and a.flags.c_contiguous for a in (c.mean, c.invstd))
+              and type(c.train) is bool)
+    if not ok:
+        raise ValueError("cache is inconsistent (its arrays were modified or the forward "
+                         "input was reshaped in place after the forward pass); run the "
+                         "forward pass again")
 
 
 def _backward(dout, cache, dx, spatial):
@@ -193,7 +220,7 @@ def _backward(dout, cache, dx, spatial):
     dout = check_dout(dout, x)
     D = x.shape[1]
     rows = _uses_rows(x, spatial)
-    result, dx_view, staged = _output(x, dx, "dx", rows, spatial, x, dout)
+    result, dx_view, staged = _output(x, dx, "dx", rows, spatial, x, dout, c.gamma)
     dgamma, dbeta = np.empty(D, x.dtype), np.empty(D, x.dtype)
     kernel = _bn.rows_backward if rows else _bn.chans_backward
     kernel(_view(x, rows, spatial), _view(dout, rows, spatial), c.gamma, c.mean,

@@ -71,8 +71,18 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     return out.astype(x.dtype, copy=False), cache
 
 
+# What each backward pass reads from its cache, so a look-alike dict fails
+# with a TypeError here rather than a KeyError halfway through.
+_CACHE_KEYS = {
+    "batchnorm": {"mode", "x", "x_centered", "x_hat", "std", "gamma"},
+    "spatial_batchnorm": {"x", "rows"},
+    "layernorm": {"x", "x_hat", "std", "gamma"},
+}
+
+
 def _check_cache(cache, kind):
-    if not (isinstance(cache, dict) and cache.get("kind") == kind):
+    if not (isinstance(cache, dict) and cache.get("kind") == kind
+            and _CACHE_KEYS[kind] <= cache.keys()):
         raise TypeError(f"cache must be the cache returned by fastbn.reference's "
                         f"{kind}_forward, got {type(cache).__name__}")
     return cache
