@@ -69,7 +69,8 @@ def test_out_and_dx_buffers_on_both_backends(backend, name, layout):
         grads = getattr(fastbn, name)(dout, cache2, dx=dx)
         assert grads[0] is dx
         for a, b in zip(grads, expect_grads):
-            np.testing.assert_array_equal(a, b)
+            # a kernel may pick its loop order from dx's strides: last-ulp differences
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
