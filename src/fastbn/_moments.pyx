@@ -1,0 +1,335 @@
+# cython: language_level=3
+"""Batch norm taken apart: the reductions and apply-steps, each on its own.
+
+The fused kernels in ``_bn`` do statistics and output in one call because a
+single process has everything at hand.  When the batch is spread over
+processes (``fastbn.distributed``) the work splits at the reductions:
+
+1. per-feature partial moments of the local batch (count, mean, M2),
+2. a merge of partial moments (Chan et al.), done across processes,
+3. the affine step with the merged mean and inverse std,
+
+and backward likewise: per-feature partial sums ``sum(dy)`` and
+``sum(dy * (x - mean))``, a sum across processes, then the ``dx`` step.
+
+Every loop here is one of the inline loops of ``_kernels.pxd`` that the
+fused kernels run, so the pieces compute exactly what the fused path
+computes; only the hand-out of slices to threads is repeated.  The Python
+layer (``fastbn.moments``) validates arguments and picks the row or channel
+view; these functions assume non-empty, shape-consistent arguments.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from cython cimport floating
+
+from fastbn._kernels cimport (
+    _chan_affine, _chan_dx, _chan_grad_sums, _chan_sums, _channel_split,
+    _dx_coefficients, _row_chunks, _rows_affine, _rows_dx, _rows_grad_sums,
+    _rows_sums,
+)
+
+
+cdef inline void _moments_from_sums(double s1, double s2, double n, double center,
+                                    double* mean, double* m2) noexcept nogil:
+    """(mean, M2) from sums of x - center and (x - center)**2 over n values."""
+    cdef double d = s1 / n
+    cdef double v = s2 - s1 * d
+    if v < 0.0:          # rounding only; a NaN fails the test and stays NaN
+        v = 0.0
+    mean[0] = center + d
+    m2[0] = v
+
+
+# --------------------------------------------------------------------------
+# Forward reduction: partial moments of a local batch.
+# --------------------------------------------------------------------------
+
+def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
+                 int nthreads):
+    """Per-column mean and M2 (sum of squared deviations) of an (R, D) view.
+
+    One pass of float64 sums shifted by each feature's first value, as in
+    the fused forward; threads' partial sums share that shift and add.
+    """
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef const floating* xp = &x[0, 0]
+    cdef double s1, s2
+    cdef double* part = <double*>malloc((2 * nch + 1) * D * sizeof(double))
+    if part == NULL:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* center = part + 2 * nch * D
+    with nogil:
+        for j in range(D):
+            center[j] = xp[j * sd]
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _rows_sums(xp, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
+                       part + 2 * t * D, part + (2 * t + 1) * D)
+        for j in range(D):
+            s1 = 0.0
+            s2 = 0.0
+            for t in range(nch):
+                s1 = s1 + part[2 * t * D + j]
+                s2 = s2 + part[(2 * t + 1) * D + j]
+            _moments_from_sums(s1, s2, <double>R, center[j], &mean[j], &m2[j])
+    free(part)
+
+
+def chans_moments(const floating[:, :, :] x, double[::1] mean, double[::1] m2,
+                  int nthreads):
+    """Per-channel mean and M2 of an (A, C, B) view (statistics over A and B)."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t L = A * B
+    cdef Py_ssize_t split = _channel_split(C, L, nthreads)
+    cdef Py_ssize_t n_items = C * split, it, c, s
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef double s1, s2
+    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    if part == NULL:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    with nogil:
+        for it in prange(n_items, num_threads=nthreads, schedule="static"):
+            c = it // split
+            s = it - c * split
+            _chan_sums(xp + c * sc, sa, sb, B, s * L // split, (s + 1) * L // split,
+                       xp[c * sc], part + 2 * it)
+        for c in range(C):
+            s1 = 0.0
+            s2 = 0.0
+            for s in range(split):
+                s1 = s1 + part[2 * (c * split + s)]
+                s2 = s2 + part[2 * (c * split + s) + 1]
+            _moments_from_sums(s1, s2, <double>L, xp[c * sc], &mean[c], &m2[c])
+    free(part)
+
+
+# --------------------------------------------------------------------------
+# Merge of partial moments.
+# --------------------------------------------------------------------------
+
+cdef inline void _merge_into(double na, const double* ma, const double* qa,
+                             double* nb, double* mb, double* qb,
+                             Py_ssize_t D) noexcept nogil:
+    """(nb, mb, qb) <- merge of (na, ma, qa) and (nb, mb, qb), Chan et al. (1979).
+
+    mean = (na*ma + nb*mb) / n and M2 = M2a + M2b + delta**2 * na*nb/n with
+    delta = mb - ma.  M2 never subtracts, so no cancellation whatever the
+    data's offset.  Written symmetric in a and b (the weighted-average form of
+    the mean, delta squared) so merge(a, b) and merge(b, a) agree to the bit:
+    a reduction tree combining in either order gives every process the same
+    statistics.  An empty side returns the other side unchanged.
+    """
+    cdef double n = na + nb[0], w, delta
+    cdef Py_ssize_t j
+    if na == 0.0:
+        return
+    if nb[0] == 0.0:
+        nb[0] = na
+        for j in range(D):
+            mb[j] = ma[j]
+            qb[j] = qa[j]
+        return
+    w = na * nb[0] / n
+    for j in range(D):
+        delta = mb[j] - ma[j]
+        qb[j] = qa[j] + qb[j] + delta * delta * w
+        mb[j] = (na * ma[j] + nb[0] * mb[j]) / n
+    nb[0] = n
+
+
+def merge_packed(const double[::1] a, double[::1] b):
+    """In place: ``b`` <- merge(a, b) for packed moments ``[n, mean(D), M2(D)]``.
+
+    The layout of one MPI element in ``fastbn.distributed``'s all-reduce.
+    """
+    cdef Py_ssize_t D = (b.shape[0] - 1) // 2
+    with nogil:
+        _merge_into(a[0], &a[1], &a[1 + D], &b[0], &b[1], &b[1 + D], D)
+
+
+# --------------------------------------------------------------------------
+# Backward reduction: per-feature partial sums.
+# --------------------------------------------------------------------------
+
+def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
+                   const double[::1] mean, double[::1] sdy, double[::1] sdyx,
+                   int nthreads):
+    """sdy = sum(dout), sdyx = sum(dout * (x - mean)) per column of an (R, D) view."""
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef const floating* xp = &x[0, 0]
+    cdef const floating* gp = &dout[0, 0]
+    cdef double s1, s2
+    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    if part == NULL:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    with nogil:
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _rows_grad_sums(xp, sr, sd, gp, gr, gd, D, t * R // nch,
+                            (t + 1) * R // nch, &mean[0], part + 2 * t * D,
+                            part + (2 * t + 1) * D)
+        for j in range(D):
+            s1 = 0.0
+            s2 = 0.0
+            for t in range(nch):
+                s1 = s1 + part[2 * t * D + j]
+                s2 = s2 + part[(2 * t + 1) * D + j]
+            sdy[j] = s1
+            sdyx[j] = s2
+    free(part)
+
+
+def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
+                    const double[::1] mean, double[::1] sdy, double[::1] sdyx,
+                    int nthreads):
+    """Per-channel sum(dout) and sum(dout * (x - mean)) of (A, C, B) views."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t ga = dout.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gc = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t L = A * B
+    cdef Py_ssize_t split = _channel_split(C, L, nthreads)
+    cdef Py_ssize_t n_items = C * split, it, c, s
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* gp = &dout[0, 0, 0]
+    cdef double s1, s2
+    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    if part == NULL:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    with nogil:
+        for it in prange(n_items, num_threads=nthreads, schedule="static"):
+            c = it // split
+            s = it - c * split
+            _chan_grad_sums(xp + c * sc, sa, sb, gp + c * gc, ga, gb, B,
+                            s * L // split, (s + 1) * L // split, mean[c],
+                            part + 2 * it)
+        for c in range(C):
+            s1 = 0.0
+            s2 = 0.0
+            for s in range(split):
+                s1 = s1 + part[2 * (c * split + s)]
+                s2 = s2 + part[2 * (c * split + s) + 1]
+            sdy[c] = s1
+            sdyx[c] = s2
+    free(part)
+
+
+# --------------------------------------------------------------------------
+# Apply-steps: elementwise, with per-feature float64 coefficients.
+# --------------------------------------------------------------------------
+
+def rows_affine(const floating[:, :] x, const double[::1] alpha,
+                const double[::1] shift, floating[:, :] out, int nthreads):
+    """out = x * alpha + shift per column of an (R, D) view."""
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &out[0, 0]
+    with nogil:
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _rows_affine(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                         &alpha[0], &shift[0])
+
+
+def chans_affine(const floating[:, :, :] x, const double[::1] alpha,
+                 const double[::1] shift, floating[:, :, :] out, int nthreads):
+    """out = x * alpha + shift per channel of an (A, C, B) view."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t ya = out.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t L = A * B
+    cdef Py_ssize_t split = _channel_split(C, L, nthreads)
+    cdef Py_ssize_t it, c, s
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef floating* yp = &out[0, 0, 0]
+    with nogil:
+        for it in prange(C * split, num_threads=nthreads, schedule="static"):
+            c = it // split
+            s = it - c * split
+            _chan_affine(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
+                         s * L // split, (s + 1) * L // split, alpha[c], shift[c])
+
+
+def dx_coefficients(const double[::1] sdy, const double[::1] sdyx, double count,
+                    const double[::1] gamma, const double[::1] mean,
+                    const double[::1] invstd, bint train, double[::1] ca,
+                    double[::1] cb, double[::1] cc):
+    """Per-feature (a, b, c) with dx = a*dout + b*x + c, from (global) sums.
+
+    ``count`` is the number of values each feature's statistics came from;
+    in a distributed batch that is the global count, not the local one.
+    """
+    cdef Py_ssize_t D = sdy.shape[0], j
+    with nogil:
+        for j in range(D):
+            _dx_coefficients(sdy[j], sdyx[j], <Py_ssize_t>count, gamma[j], mean[j],
+                             invstd[j], train, &ca[j], &cb[j], &cc[j])
+
+
+def rows_dx(const floating[:, :] x, const floating[:, :] dout,
+            const double[::1] ca, const double[::1] cb, const double[::1] cc,
+            floating[:, :] dx, int nthreads):
+    """dx = ca*dout + cb*x + cc per column of (R, D) views."""
+    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef const floating* xp = &x[0, 0]
+    cdef const floating* gp = &dout[0, 0]
+    cdef floating* dp = &dx[0, 0]
+    with nogil:
+        for t in prange(nch, num_threads=nthreads, schedule="static"):
+            _rows_dx(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                     (t + 1) * R // nch, &ca[0], &cb[0], &cc[0])
+
+
+def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
+             const double[::1] ca, const double[::1] cb, const double[::1] cc,
+             floating[:, :, :] dx, int nthreads):
+    """dx = ca*dout + cb*x + cc per channel of (A, C, B) views."""
+    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t ga = dout.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gc = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t da = dx.strides[0] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t dc = dx.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t L = A * B
+    cdef Py_ssize_t split = _channel_split(C, L, nthreads)
+    cdef Py_ssize_t it, c, s
+    cdef const floating* xp = &x[0, 0, 0]
+    cdef const floating* gp = &dout[0, 0, 0]
+    cdef floating* dp = &dx[0, 0, 0]
+    with nogil:
+        for it in prange(C * split, num_threads=nthreads, schedule="static"):
+            c = it // split
+            s = it - c * split
+            _chan_dx(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc, da, db,
+                     B, s * L // split, (s + 1) * L // split, ca[c], cb[c], cc[c])

@@ -1,0 +1,181 @@
+"""The split-up pieces of batch norm (fastbn.moments) against the oracle.
+
+Partial moments of any part of a batch, merged in any order, must give the
+whole batch's statistics; the reduce and apply pieces composed must give
+what the fused compiled functions give on the whole batch.
+"""
+import numpy as np
+import pytest
+
+from fastbn import compiled
+from fastbn import moments as M
+
+from conftest import TOL, cases, make_case, with_layout
+
+F64 = np.float64
+
+
+def _rows64(x):
+    """(values, D) float64 view of x with one feature per column."""
+    x = np.asarray(x, F64)
+    if x.ndim == 4:
+        return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return x
+
+
+def _split(rng, n, parts):
+    """Random cut points in [0, n], empty parts allowed."""
+    cuts = np.sort(rng.integers(0, n + 1, size=parts - 1))
+    return np.split(np.arange(n), cuts)
+
+
+@pytest.mark.parametrize("dtype,shape,layout", cases(2) + cases(4))
+def test_partial_moments_match_numpy(rng, dtype, shape, layout):
+    x = make_case(rng, shape, dtype, offset=3.0, scale=2.0)[0]
+    m = M.partial_moments(with_layout(x, layout), spatial=len(shape) == 4)
+    rows = _rows64(x)
+    assert m.count == rows.shape[0]
+    assert m.mean.dtype == m.m2.dtype == F64
+    np.testing.assert_allclose(m.mean, rows.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.m2, ((rows - rows.mean(0)) ** 2).sum(0),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(4097, 3), (3, 5000), (2, 3, 100, 200), (50, 1, 30, 30)])
+def test_partial_moments_threaded(rng, shape):
+    for layout in ("C", "F", "channels_last"):
+        x = with_layout(rng.standard_normal(shape) * 5 + 7, layout)
+        m = M.partial_moments(x, spatial=len(shape) == 4)
+        rows = _rows64(x)
+        np.testing.assert_allclose(m.mean, rows.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(m.m2 / m.count, rows.var(0), rtol=1e-10)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_merge_of_any_split_equals_whole(rng, parts, ndim):
+    shape = (23, 6) if ndim == 2 else (9, 4, 3, 5)
+    x = make_case(rng, shape, F64, offset=-4.0)[0]
+    chunks = [M.partial_moments(x[idx], spatial=ndim == 4) for idx in _split(rng, 23 if ndim == 2 else 9, parts)]
+    whole = M.partial_moments(x, spatial=ndim == 4)
+    # left fold and a balanced tree: two reduction orders an all-reduce may use
+    left = chunks[0]
+    for c in chunks[1:]:
+        left = M.merge_moments(left, c)
+    tree = list(chunks)
+    while len(tree) > 1:
+        tree = [M.merge_moments(*tree[i:i + 2]) if i + 1 < len(tree) else tree[i]
+                for i in range(0, len(tree), 2)]
+    for got in (left, tree[0]):
+        assert got.count == whole.count
+        np.testing.assert_allclose(got.mean, whole.mean, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(got.m2, whole.m2, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_is_symmetric_to_the_bit(rng):
+    a = M.partial_moments(rng.standard_normal((5, 8)) + 100)
+    b = M.partial_moments(rng.standard_normal((11, 8)) * 3)
+    ab, ba = M.merge_moments(a, b), M.merge_moments(b, a)
+    assert ab.count == ba.count == 16
+    assert np.array_equal(ab.mean, ba.mean) and np.array_equal(ab.m2, ba.m2)
+
+
+def test_merge_with_empty_part_is_identity(rng):
+    a = M.partial_moments(rng.standard_normal((5, 3)))
+    e = M.partial_moments(np.empty((0, 3)))
+    assert e.count == 0 and not e.mean.any() and not e.m2.any()
+    for got in (M.merge_moments(a, e), M.merge_moments(e, a)):
+        assert got.count == a.count
+        assert np.array_equal(got.mean, a.mean) and np.array_equal(got.m2, a.m2)
+    both = M.merge_moments(e, e)
+    assert both.count == 0 and not both.mean.any()
+
+
+def test_merge_is_stable_far_from_zero(rng):
+    """Parts centred at 1e9 with unit spread: naive sum/sum-of-squares loses it all."""
+    x = 1e9 + rng.standard_normal((3000, 4))
+    parts = [M.partial_moments(x[i:i + 1000]) for i in range(0, 3000, 1000)]
+    m = M.merge_moments(M.merge_moments(parts[0], parts[1]), parts[2])
+    exact = x - 1e9                    # exact: 1e9 is representable, spacing 1.2e-7
+    np.testing.assert_allclose(m.m2 / m.count, exact.var(0), rtol=1e-6)
+    naive = (x ** 2).sum(0) / 3000 - x.mean(0) ** 2
+    assert np.abs(naive - exact.var(0)).max() > 1e-2    # the test can fail
+
+
+def _pieces_forward(x, gamma, beta, bn, spatial, split_at):
+    """Train forward from two partial moments, merged, then applied."""
+    a = M.partial_moments(x[:split_at], spatial)
+    b = M.partial_moments(x[split_at:], spatial)
+    mean, var, invstd = M.finish_moments(M.merge_moments(a, b), bn["eps"])
+    return M.apply_affine(x, mean, invstd, gamma, beta, spatial), mean, invstd
+
+
+@pytest.mark.parametrize("dtype,shape,layout", [c for c in cases(2) + cases(4)
+                                                 if c[1][0] > 1 and c[2] in ("C", "F", "channels_last", "strided")])
+def test_pieces_compose_to_the_fused_functions(rng, dtype, shape, layout):
+    spatial = len(shape) == 4
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=1.5, scale=2.0)
+    x, dout = with_layout(x, layout), with_layout(dout, layout)
+    fwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
+    bwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward
+    bn = {"mode": "train", "eps": 1e-5}
+    out, cache = fwd(x, gamma, beta, bn)
+    out_p, mean, invstd = _pieces_forward(x, gamma, beta, bn, spatial, shape[0] // 2)
+    np.testing.assert_allclose(out_p, out, **TOL[dtype])
+    np.testing.assert_allclose(mean, cache.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(invstd, cache.invstd, rtol=1e-9)
+
+    dx, dgamma, dbeta = bwd(dout, cache)
+    h = shape[0] // 2
+    s1a, s2a = M.grad_sums(dout[:h], x[:h], mean, spatial)
+    s1b, s2b = M.grad_sums(dout[h:], x[h:], mean, spatial)
+    s1, s2 = s1a + s1b, s2a + s2b
+    count = M.partial_moments(x, spatial).count
+    dx_p = np.concatenate([M.apply_dx(dout[sl], x[sl], gamma, mean, invstd, s1, s2, count,
+                                      spatial=spatial)
+                           for sl in (slice(None, h), slice(h, None))])
+    scale = np.abs(dx).max() + 1
+    np.testing.assert_allclose(dx_p / scale, dx / scale, **TOL[dtype])
+    np.testing.assert_allclose(s1.astype(dtype), dbeta, **TOL[dtype])
+    np.testing.assert_allclose((s2 * invstd).astype(dtype), dgamma, **TOL[dtype])
+
+
+def test_grad_sums_match_numpy(rng):
+    x, _, _, dout = make_case(rng, (4, 3, 5, 2), np.float32)
+    mean = rng.standard_normal(3)
+    s1, s2 = M.grad_sums(dout, x, mean, spatial=True)
+    xr, gr = _rows64(x), _rows64(dout)
+    np.testing.assert_allclose(s1, gr.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(s2, (gr * (xr - mean)).sum(0), rtol=1e-12)
+
+
+def test_test_mode_dx_ignores_sums(rng):
+    x, gamma, _, dout = make_case(rng, (6, 4), F64)
+    mean, invstd = rng.standard_normal(4), 1 + rng.random(4)
+    dx = M.apply_dx(dout, x, gamma, mean, invstd, np.ones(4), np.ones(4), 0, train=False)
+    np.testing.assert_allclose(dx, dout * gamma * invstd, rtol=1e-14)
+
+
+def test_empty_batch_pieces():
+    x = np.empty((0, 3, 2, 2), np.float32)
+    m = M.partial_moments(x, spatial=True)
+    assert m.count == 0
+    out = M.apply_affine(x, np.zeros(3), np.ones(3), np.ones(3), np.zeros(3), spatial=True)
+    assert out.shape == x.shape and out.dtype == np.float32
+    s1, s2 = M.grad_sums(x, x, np.zeros(3), spatial=True)
+    assert not s1.any() and not s2.any()
+    with pytest.raises(ValueError, match="empty"):
+        M.finish_moments(m, 1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="x must have dtype"):
+        M.partial_moments(np.zeros((3, 2), np.int64))
+    with pytest.raises(ValueError, match="4-D"):
+        M.partial_moments(np.zeros((3, 2)), spatial=True)
+    with pytest.raises(ValueError, match="at least one feature"):
+        M.partial_moments(np.zeros((3, 0)))
+    with pytest.raises(ValueError, match="mean must have shape"):
+        M.apply_affine(np.zeros((3, 2)), np.zeros(3), np.ones(2), np.ones(2), np.zeros(2))
+    with pytest.raises(ValueError, match="count must be positive"):
+        M.apply_dx(np.zeros((3, 2)), np.zeros((3, 2)), *[np.ones(2)] * 5, 0)
