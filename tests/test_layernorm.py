@@ -160,13 +160,25 @@ def test_bad_backward_arguments_raise(rng, backend):
 
 # -- the compiled kernel against the reference, over generated cases ------
 
+# Column-major inputs run blocked kernels (BLK rows at a time): add a
+# column-major view with non-unit strides, and a shape spanning several blocks.
+LN_LAYOUTS = LAYOUTS + ["F_strided"]
+LN_SHAPES = SHAPES_2D + [(1100, 5)]
+
+
+def _with_ln_layout(a, layout):
+    if layout == "F_strided":
+        return with_layout(np.asfortranarray(a).T, "strided").T
+    return with_layout(a, layout)
+
+
 def _cases():
-    return [(d, s, lay) for d in DTYPES for s in SHAPES_2D for lay in LAYOUTS]
+    return [(d, s, lay) for d in DTYPES for s in LN_SHAPES for lay in LN_LAYOUTS]
 
 
 def _check_against_reference(rng, dtype, shape, layout, offset=2.0, scale=3.0):
     x, gamma, beta, dout = make_case(rng, shape, dtype, offset=offset, scale=scale)
-    x_l, dout_l = with_layout(x, layout), with_layout(dout, layout)
+    x_l, dout_l = _with_ln_layout(x, layout), _with_ln_layout(dout, layout)
     ln_param = {"eps": 1e-4}
     out, cache = compiled.layernorm_forward(x_l, gamma, beta, ln_param)
     out_ref, cache_ref = ref.layernorm_forward(x.astype(F64), gamma.astype(F64),
@@ -246,6 +258,16 @@ def test_out_buffers_are_used(rng, layout):
     # strided loops sum in another order than the vectorized contiguous ones
     np.testing.assert_allclose(dx, compiled.layernorm_backward(dout, cache)[0],
                                rtol=1e-13, atol=1e-15)
+
+
+def test_output_follows_input_memory_order(rng):
+    x, gamma, beta, dout = make_case(rng, (9, 4), F64)
+    out, cache = compiled.layernorm_forward(np.asfortranarray(x), gamma, beta, {})
+    assert out.flags.f_contiguous
+    assert compiled.layernorm_backward(np.asfortranarray(dout), cache)[0].flags.f_contiguous
+    out, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    assert out.flags.c_contiguous
+    assert compiled.layernorm_backward(dout, cache)[0].flags.c_contiguous
 
 
 def test_top_level_accepts_buffers(rng):

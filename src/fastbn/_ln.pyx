@@ -16,8 +16,12 @@ the natural unit of work is a row: threads take contiguous blocks of rows
   ``dgamma`` -- then a second pass writes ``dx``.  The per-thread partials
   (``2 * D`` doubles each) are merged at the end: no N x D temporaries.
 
-Any strides work (element strides, possibly negative or zero); a unit
-feature stride gets its own loop so the compiler emits vector loads.  The
+Any strides work (element strides, possibly negative or zero).  Row-major
+data run the per-row loops with the features innermost; column-major data
+(Fortran order, transposed views) run blocked loops that sweep the features
+over BLK rows at a time with the rows innermost, so the inner loop is
+contiguous either way; a unit stride gets its own loop so the compiler
+emits vector loads.  The
 Python layer validates everything before calling in: these functions assume
 non-empty, shape-consistent arguments of one dtype.
 """
@@ -132,6 +136,164 @@ cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                                           + b * (xr[j * sd] - mu) + c0)
 
 
+# Column-major inputs (features further apart in memory than rows: Fortran
+# order, transposed views) would make the per-row loops above jump a whole
+# column per element.  Instead, take BLK rows at a time and sweep the
+# features, the inner loop running down a column over the block's rows:
+# contiguous, vectorizable, and the block's per-row sums live on the stack.
+cdef enum:
+    BLK = 512        # rows per block: 64 doubles of each per-row sum on the stack
+
+
+cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                               floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                               Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                               const floating* gamma, const floating* beta,
+                               double eps, double* mean,
+                               double* invstd) noexcept nogil:
+    """Rows r0..r1, BLK rows at a time, sweeping the features."""
+    cdef double c[BLK]
+    cdef double s1[BLK]
+    cdef double s2[BLK]
+    cdef double alpha[BLK]
+    cdef double shift[BLK]
+    cdef Py_ssize_t i0, nb, k, j
+    cdef const floating* p
+    cdef floating* q
+    cdef double v, m, var, gj, bj
+    i0 = r0
+    while i0 < r1:
+        nb = r1 - i0
+        if nb > BLK:
+            nb = BLK
+        for k in range(nb):
+            c[k] = x[(i0 + k) * sr]
+            s1[k] = 0.0
+            s2[k] = 0.0
+        for j in range(D):
+            p = x + j * sd + i0 * sr
+            if sr == 1:
+                for k in range(nb):
+                    v = p[k] - c[k]
+                    s1[k] += v
+                    s2[k] += v * v
+            else:
+                for k in range(nb):
+                    v = p[k * sr] - c[k]
+                    s1[k] += v
+                    s2[k] += v * v
+        for k in range(nb):
+            m = s1[k] / D
+            var = s2[k] / D - m * m
+            if var < 0.0:
+                var = 0.0
+            mean[i0 + k] = c[k] + m
+            alpha[k] = 1.0 / sqrt(var + eps)
+            invstd[i0 + k] = alpha[k]
+            shift[k] = -mean[i0 + k] * alpha[k]
+        for j in range(D):
+            p = x + j * sd + i0 * sr
+            q = y + j * yd + i0 * yr
+            gj = gamma[j]
+            bj = beta[j]
+            if sr == 1 and yr == 1:
+                for k in range(nb):
+                    q[k] = <floating>(gj * (p[k] * alpha[k] + shift[k]) + bj)
+            else:
+                for k in range(nb):
+                    q[k * yr] = <floating>(gj * (p[k * sr] * alpha[k] + shift[k]) + bj)
+        i0 += nb
+
+
+cdef inline void _backward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                floating* dx, Py_ssize_t dr, Py_ssize_t dd,
+                                Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                const floating* gamma, const double* mean,
+                                const double* invstd, double* pgamma,
+                                double* pbeta) noexcept nogil:
+    """As :func:`_backward_rows`, BLK rows at a time, sweeping the features."""
+    cdef double sg[BLK]
+    cdef double sgx[BLK]
+    cdef double b[BLK]
+    cdef double c0[BLK]
+    cdef Py_ssize_t i0, nb, k, j
+    cdef const floating* p
+    cdef const floating* q
+    cdef floating* o
+    cdef const double* mu
+    cdef const double* inv
+    cdef double g, gg, xc, gj, tb, tg
+    for j in range(D):
+        pgamma[j] = 0.0
+        pbeta[j] = 0.0
+    i0 = r0
+    while i0 < r1:
+        nb = r1 - i0
+        if nb > BLK:
+            nb = BLK
+        mu = mean + i0
+        inv = invstd + i0
+        for k in range(nb):
+            sg[k] = 0.0
+            sgx[k] = 0.0
+        for j in range(D):
+            p = x + j * sd + i0 * sr
+            q = dy + j * gd + i0 * gr
+            gj = gamma[j]
+            tb = 0.0
+            tg = 0.0
+            if sr == 1 and gr == 1:
+                for k in range(nb):
+                    g = q[k]
+                    xc = p[k] - mu[k]
+                    tb += g
+                    tg += g * (xc * inv[k])
+                    gg = g * gj
+                    sg[k] += gg
+                    sgx[k] += gg * xc
+            else:
+                for k in range(nb):
+                    g = q[k * gr]
+                    xc = p[k * sr] - mu[k]
+                    tb += g
+                    tg += g * (xc * inv[k])
+                    gg = g * gj
+                    sg[k] += gg
+                    sgx[k] += gg * xc
+            pbeta[j] += tb
+            pgamma[j] += tg
+        for k in range(nb):
+            b[k] = -inv[k] * inv[k] * inv[k] * sgx[k] / D
+            c0[k] = -inv[k] * sg[k] / D
+        for j in range(D):
+            p = x + j * sd + i0 * sr
+            q = dy + j * gd + i0 * gr
+            o = dx + j * dd + i0 * dr
+            gj = gamma[j]
+            if sr == 1 and gr == 1 and dr == 1:
+                for k in range(nb):
+                    o[k] = <floating>(inv[k] * (gj * <double>q[k])
+                                      + b[k] * (p[k] - mu[k]) + c0[k])
+            else:
+                for k in range(nb):
+                    o[k * dr] = <floating>(inv[k] * (gj * <double>q[k * gr])
+                                           + b[k] * (p[k * sr] - mu[k]) + c0[k])
+        i0 += nb
+
+
+cdef inline bint _column_major(Py_ssize_t R, Py_ssize_t D, Py_ssize_t sr,
+                               Py_ssize_t sd) noexcept nogil:
+    """True when sweeping features down blocks of rows is the cache-friendly order."""
+    if R == 1 or D == 1:
+        return False
+    if sr < 0:
+        sr = -sr
+    if sd < 0:
+        sd = -sd
+    return sd > sr
+
+
 # --------------------------------------------------------------------------
 # Python entry points.  All run without the GIL.
 # --------------------------------------------------------------------------
@@ -148,10 +310,17 @@ def forward(const floating[:, :] x, const floating[::1] gamma,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
+    cdef bint cols = _column_major(R, D, sr, sd)
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _forward_rows(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                          &gamma[0], &beta[0], eps, &mean[0], &invstd[0])
+            if cols:
+                _forward_cols(xp, sr, sd, yp, yr, yd, D, t * R // nch,
+                              (t + 1) * R // nch, &gamma[0], &beta[0], eps,
+                              &mean[0], &invstd[0])
+            else:
+                _forward_rows(xp, sr, sd, yp, yr, yd, D, t * R // nch,
+                              (t + 1) * R // nch, &gamma[0], &beta[0], eps,
+                              &mean[0], &invstd[0])
 
 
 def backward(const floating[:, :] x, const floating[:, :] dout,
@@ -175,11 +344,17 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
     cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef bint cols = _column_major(R, D, sr, sd)
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _backward_rows(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                           (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
-                           part + 2 * t * D, part + (2 * t + 1) * D)
+            if cols:
+                _backward_cols(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                               (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
+                               part + 2 * t * D, part + (2 * t + 1) * D)
+            else:
+                _backward_rows(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                               (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
+                               part + 2 * t * D, part + (2 * t + 1) * D)
         for j in range(D):
             s1 = 0.0
             s2 = 0.0

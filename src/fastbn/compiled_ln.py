@@ -3,7 +3,7 @@
 Same signatures and results as :func:`fastbn.reference.layernorm_forward` /
 :func:`fastbn.reference.layernorm_backward`, plus ``out=`` / ``dx=`` buffers.
 The kernels take any strides, so inputs and buffers are passed as they are:
-no copies, no transposes.  The cache is lean: the input itself, gamma, and
+no copies, no transposes; fresh outputs get the input's memory order.  The cache is lean: the input itself, gamma, and
 the per-row mean and inverse standard deviation in float64.
 """
 import numpy as np
@@ -54,7 +54,7 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     Returns
     -------
     out : ndarray, shape (N, D)
-        C-ordered unless ``out`` was given.
+        In ``x``'s memory order (C or Fortran) unless ``out`` was given.
     cache : LayerNormCache
         For :func:`layernorm_backward`.
 
@@ -66,7 +66,7 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
     if out is None:
-        out = np.empty(x.shape, x.dtype)
+        out = np.empty_like(x, order="K", subok=False)
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
     gamma = np.ascontiguousarray(p.gamma)
@@ -109,7 +109,7 @@ def layernorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = np.empty(x.shape, x.dtype)
+        dx = np.empty_like(x, order="K", subok=False)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout)
     D = x.shape[1]
