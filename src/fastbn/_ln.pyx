@@ -142,7 +142,7 @@ cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
 # features, the inner loop running down a column over the block's rows:
 # contiguous, vectorizable, and the block's per-row sums live on the stack.
 cdef enum:
-    BLK = 512        # rows per block: 64 doubles of each per-row sum on the stack
+    BLK = 512        # rows per block; 4 per-row double arrays of BLK live on the stack
 
 
 cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
