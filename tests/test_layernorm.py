@@ -329,3 +329,21 @@ def test_top_level_functions_run_the_extension(monkeypatch, rng):
     _, cache = fastbn.layernorm_forward(x, gamma, beta, {})
     fastbn.layernorm_backward(dout, cache)
     assert calls == ["forward", "backward"] and type(cache) is compiled.LayerNormCache
+
+
+def test_tampered_cache_is_refused_before_the_kernel(rng):
+    """A cache whose arrays no longer fit x would make the kernel read out of bounds."""
+    x, gamma, beta, dout = make_case(rng, (6, 4), F64)
+    for attr, value in [("mean", np.zeros(3)), ("invstd", np.zeros(6, np.float32)),
+                        ("gamma", np.ones(5)), ("x", x[:, :2])]:
+        _, cache = compiled.layernorm_forward(x, gamma, beta, {})
+        setattr(cache, attr, value)
+        with pytest.raises(ValueError, match="cache is inconsistent"):
+            compiled.layernorm_backward(dout if attr != "x" else dout[:, :2], cache)
+    # dx over the cached gamma would be overwritten while the kernel reads it
+    _, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    on_gamma = np.lib.stride_tricks.as_strided(cache.gamma, x.shape,
+                                               (0, cache.gamma.strides[0]), writeable=True)
+    with pytest.raises(ValueError, match="dx must not overlap"):
+        compiled.layernorm_backward(dout, cache, dx=on_gamma)
+    np.testing.assert_array_equal(gamma, cache.gamma)

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _ln
 from ._config import threads_for
-from ._validation import check_dout, check_layernorm_args, check_out
+from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
 
 F64 = np.float64
 
@@ -84,7 +84,30 @@ def _check_cache(cache):
             hint = " (this looks like a cache from the NumPy reference backend)"
         raise TypeError(f"cache must be the cache returned by fastbn's compiled "
                         f"layernorm_forward, got {type(cache).__name__}{hint}")
+    _check_cache_contents(cache)
     return cache
+
+
+def _check_cache_contents(c):
+    """The kernel indexes gamma by feature and mean/invstd by row, unchecked.
+
+    A cache's attributes are writable and ``c.x`` is the caller's array (its
+    shape can be reassigned in place), so make sure they still agree before
+    a kernel reads them: a mismatch would be an out-of-bounds read.
+    """
+    x = c.x
+    ok = (type(x) is np.ndarray and x.ndim == 2 and x.dtype in FLOAT_DTYPES
+          and x.size > 0)
+    if ok:
+        N, D = x.shape
+        ok = (type(c.gamma) is np.ndarray and c.gamma.shape == (D,)
+              and c.gamma.dtype == x.dtype and c.gamma.flags.c_contiguous
+              and all(type(a) is np.ndarray and a.shape == (N,) and a.dtype == F64
+                      and a.flags.c_contiguous for a in (c.mean, c.invstd)))
+    if not ok:
+        raise ValueError("cache is inconsistent (its arrays were modified or the forward "
+                         "input was reshaped in place after the forward pass); run the "
+                         "forward pass again")
 
 
 def layernorm_backward(dout, cache, dx=None):
@@ -97,8 +120,8 @@ def layernorm_backward(dout, cache, dx=None):
     cache : LayerNormCache
         From :func:`layernorm_forward`.
     dx : ndarray, optional
-        Buffer for the input gradient, any strides; must not overlap ``x``
-        or ``dout``.
+        Buffer for the input gradient, any strides; must not overlap ``x``,
+        ``dout`` or gamma.
 
     Returns
     -------
@@ -111,7 +134,7 @@ def layernorm_backward(dout, cache, dx=None):
     if dx is None:
         dx = np.empty_like(x, order="K", subok=False)
     else:
-        check_out(dx, "dx", x.shape, x.dtype, x, dout)
+        check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
     D = x.shape[1]
     dgamma, dbeta = np.empty(D, x.dtype), np.empty(D, x.dtype)
     _ln.backward(x, dout, c.gamma, c.mean, c.invstd, dx, dgamma, dbeta,
