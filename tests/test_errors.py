@@ -27,12 +27,13 @@ class Forward:
     ndim: int
     param: str          # name of the dict argument: 'bn_param' or 'ln_param'
     running: bool       # keeps running statistics (and so has a mode)
+    group_axis: int     # axis indexing the groups that are normalized separately
 
 
 FORWARD = {f.name: f for f in [
-    Forward("batchnorm_forward", 2, "bn_param", True),
-    Forward("spatial_batchnorm_forward", 4, "bn_param", True),
-    Forward("layernorm_forward", 2, "ln_param", False),
+    Forward("batchnorm_forward", 2, "bn_param", True, group_axis=1),
+    Forward("spatial_batchnorm_forward", 4, "bn_param", True, group_axis=1),
+    Forward("layernorm_forward", 2, "ln_param", False, group_axis=0),
 ]}
 # backward name -> the forward that makes its cache
 BACKWARD = {
@@ -308,35 +309,57 @@ def test_top_level_backward_refuses_junk_caches(name):
                                           x, cache)
 
 
-@pytest.mark.parametrize("spatial", [False, True])
-def test_compiled_cache_tampered_with_is_refused(spatial):
+def _tampered(value):
+    """Wrong versions of one cached array: length, dtype, layout, type."""
+    yield value[:1]
+    yield np.concatenate([value, value])
+    yield value.astype(np.float32 if value.dtype == np.float64 else np.float64)
+    yield np.repeat(value, 2)[::2]            # same values, not contiguous
+    yield value.tolist()
+    yield None
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD))
+def test_compiled_cache_tampered_with_is_refused(name):
     """The kernels trust the cache's array sizes: a tampered cache must not reach them."""
-    name = "spatial_batchnorm_backward" if spatial else "batchnorm_backward"
     args, cache = _forward_for(name, "cython")
     dout = np.ones_like(args["x"])
-    tamper = [("gamma", np.ones(1)), ("gamma", cache.gamma.astype(np.float32)),
-              ("gamma", np.ones(64)), ("mean", np.zeros(1)), ("invstd", np.zeros(1000)),
-              ("mean", cache.mean.astype(np.float32)), ("invstd", cache.invstd[::-1]),
-              ("x", args["x"].ravel()), ("x", None), ("train", "yes")]
-    for attr, value in tamper:
+    good = getattr(compiled, name)(dout, cache)
+    arrays = [s for s in type(cache).__slots__
+              if isinstance(getattr(cache, s), np.ndarray) and s != "x"]
+    assert {"gamma", "mean", "invstd"} <= set(arrays)
+    tried = 0
+    for attr in arrays + ["x"]:
         saved = getattr(cache, attr)
-        setattr(cache, attr, value)
-        try:
-            with pytest.raises(ValueError, match="cache is inconsistent"):
-                getattr(compiled, name)(dout, cache)
-        finally:
-            setattr(cache, attr, saved)
-    getattr(compiled, name)(dout, cache)   # intact again: works
+        values = _tampered(saved) if attr != "x" else [saved.ravel(), saved[..., None], None]
+        for value in values:
+            setattr(cache, attr, value)
+            try:
+                with pytest.raises(ValueError, match="cache is inconsistent"):
+                    getattr(compiled, name)(dout, cache)
+            finally:
+                setattr(cache, attr, saved)
+            tried += 1
+    # intact again: works, same results
+    for a, b in zip(getattr(compiled, name)(dout, cache), good):
+        np.testing.assert_array_equal(a, b)
+    assert tried >= 18
 
 
-def test_forward_input_reshaped_in_place_after_forward():
+@pytest.mark.parametrize("name", sorted(BACKWARD))
+def test_forward_input_reshaped_in_place_after_forward(name):
     """``cache.x`` is the caller's array; changing its shape in place must not
     make the backward kernel index past gamma/mean/invstd."""
-    x = np.random.default_rng(0).standard_normal((4, 3))
-    _, cache = compiled.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
-    x.shape = (3, 4)
+    spec = FORWARD[BACKWARD[name]]
+    x = np.random.default_rng(0).standard_normal((4, 3) if spec.ndim == 2 else (2, 3, 2, 2))
+    args = valid_args(spec)
+    args.update(x=x, gamma=np.ones(3), beta=np.zeros(3))
+    args["param"].pop("running_mean", None)
+    args["param"].pop("running_var", None)
+    _, cache = call_forward(spec.name, args)
+    x.shape = x.shape[::-1]
     with pytest.raises(ValueError, match="cache is inconsistent"):
-        compiled.batchnorm_backward(np.ones((3, 4)), cache)
+        getattr(fastbn, name)(np.ones(x.shape), cache)
 
 
 # -- bad out= / dx= buffers ---------------------------------------------------

@@ -108,3 +108,109 @@ def test_reference_module_itself_has_no_out():
     with pytest.raises(TypeError, match="out"):
         reference.batchnorm_forward(args["x"], args["gamma"], args["beta"], args["param"],
                                     out=np.empty_like(args["x"]))
+
+
+# -- NaN and inf stay in their group -------------------------------------------
+
+ISO_SHAPE = {2: (7, 5), 4: (3, 4, 3, 2)}
+
+
+def _in_group(shape, axis, j):
+    """Boolean mask of the elements of group j along axis."""
+    mask = np.zeros(shape, bool)
+    idx = [slice(None)] * len(shape)
+    idx[axis] = j
+    mask[tuple(idx)] = True
+    return mask
+
+
+def _iso_cases():
+    for name in sorted(BACKWARD):
+        spec = FORWARD[BACKWARD[name]]
+        for mode in (["train", "test"] if spec.running else ["train"]):
+            yield name, mode
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,mode", list(_iso_cases()))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x_first", "x_last", "dout"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nonfinite_values_stay_in_their_group(backend, name, mode, bad, where, dtype):
+    """One non-finite value in group j (a feature for batch norm, a channel for
+    the spatial variant, a sample for layer norm) leaves every other group's
+    outputs, gradients and running statistics bit-for-bit as without it."""
+    spec = FORWARD[BACKWARD[name]]
+    rng = np.random.default_rng(11)
+    shape = ISO_SHAPE[spec.ndim]
+    j = 2
+    args = valid_args(spec, dtype)
+    G = shape[1]
+    args.update(x=(3 + rng.standard_normal(shape)).astype(dtype),
+                gamma=(1 + rng.random(G)).astype(dtype), beta=rng.standard_normal(G).astype(dtype))
+    if spec.running:
+        args["param"].update(mode=mode, running_mean=rng.standard_normal(G).astype(dtype),
+                             running_var=(1 + rng.random(G)).astype(dtype))
+    dout = rng.standard_normal(shape).astype(dtype)
+    group = _in_group(shape, spec.group_axis, j)
+    first = tuple(np.argwhere(group)[0 if where != "x_last" else -1])
+
+    def run(x, dout):
+        param = dict(args["param"])
+        with fastbn.backend(backend), np.errstate(all="ignore"):
+            out, cache = call_forward(spec.name, dict(args, x=x, param=param))
+            return out, getattr(fastbn, name)(dout, cache), param
+
+    clean_out, clean_grads, clean_param = run(args["x"], dout)
+    x_bad, dout_bad = args["x"].copy(), dout.copy()
+    (dout_bad if where == "dout" else x_bad)[first] = bad
+    out, grads, param = run(x_bad, dout_bad)
+
+    # other groups: exactly as in the clean run
+    np.testing.assert_array_equal(out[~group], clean_out[~group])
+    np.testing.assert_array_equal(grads[0][~group], clean_grads[0][~group])
+    if spec.group_axis == 1:     # per-feature parameters belong to the group too
+        others = np.arange(G) != j
+        for a, b in zip(grads[1:], clean_grads[1:]):
+            np.testing.assert_array_equal(a[others], b[others])
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(param[key][others], clean_param[key][others])
+    # and the bad value did reach its own group's results
+    if where == "dout":
+        assert not np.isfinite(grads[2][j] if spec.group_axis == 1 else grads[0][group]).all()
+    else:
+        assert not np.isfinite(out[first])
+        if mode == "train":      # statistics of the group are spoiled: all of it
+            assert not np.isfinite(out[group]).any()
+
+
+# -- float32 far from zero --------------------------------------------------------
+
+OFFSET_SHAPES = {"batchnorm_forward": [(100_000, 3), "F"],
+                 "spatial_batchnorm_forward": [(10, 3, 100, 100), "channels_last"],
+                 "layernorm_forward": [(3, 100_000), "F"]}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD))
+@pytest.mark.parametrize("layout", ["C", "other"])
+def test_float32_at_large_offset_matches_float64(name, layout):
+    """1e4 + randn with 100 000 values per group normalizes to within 1e-3.
+
+    A promise of the compiled kernels (float64 accumulation).  The textbook
+    reference sums in the input dtype: on float32 at 1e4 it is off by up to ~5
+    when NumPy sums sequentially (C-ordered batch norm), so it is not held to it.
+    """
+    from conftest import with_layout
+    spec = FORWARD[name]
+    shape, other = OFFSET_SHAPES[name]
+    rng = np.random.default_rng(2024)
+    x32 = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    G = shape[1]
+    g32, b32 = (1 + rng.random(G)).astype(np.float32), rng.standard_normal(G).astype(np.float32)
+    param = {"mode": "train"} if spec.running else {}
+    ref64, _ = getattr(reference, name)(x32.astype(np.float64), g32.astype(np.float64),
+                                        b32.astype(np.float64), dict(param))
+    out32, _ = getattr(compiled, name)(with_layout(x32, "C" if layout == "C" else other),
+                                       g32, b32, dict(param))
+    assert out32.dtype == np.float32
+    assert np.abs(out32 - ref64).max() < 1e-3

@@ -169,3 +169,38 @@ def check_layernorm_args(x, gamma, beta, ln_param):
     if eps < 0:
         raise ValueError(f"ln_param['eps'] must be >= 0, got {eps}")
     return LayerNormParams(x, gamma, beta, eps)
+
+
+def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
+    """A compiled cache's arrays still fit together, or ValueError.
+
+    The kernels index gamma and the float64 statistics without bounds checks.
+    A cache's attributes are writable, and its ``x`` is the caller's array
+    (whose ``shape`` can be reassigned in place), so the backward pass
+    re-checks them: a mismatch would otherwise be an out-of-bounds read.
+
+    Parameters
+    ----------
+    x : ndarray
+        The cached forward input.
+    ndim : int
+        The ndim the forward pass accepted.
+    gamma : ndarray
+        Must be C-contiguous, shape ``(x.shape[1],)``, x's dtype.
+    stats : sequence of ndarray
+        Per-feature or per-row statistics: C-contiguous float64 of shape
+        ``(x.shape[stats_axis],)``.
+    stats_axis : int
+        1 for batch norm (per feature), 0 for layer norm (per row).
+    """
+    def fits(a, n, dtype):
+        return (type(a) is np.ndarray and a.shape == (n,) and a.dtype == dtype
+                and a.flags.c_contiguous)
+
+    ok = (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
+          and x.size > 0 and fits(gamma, x.shape[1], x.dtype)
+          and all(fits(s, x.shape[stats_axis], np.float64) for s in stats))
+    if not ok:
+        raise ValueError("cache is inconsistent (its arrays were modified or the forward "
+                         "input was reshaped in place after the forward pass); run the "
+                         "forward pass again")

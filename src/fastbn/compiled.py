@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _bn
 from ._config import threads_for
-from ._validation import FLOAT_DTYPES, check_batchnorm_args, check_dout, check_out
+from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, check_out
 
 F64 = np.float64
 
@@ -192,26 +192,9 @@ def _check_cache(cache, spatial):
 
 
 def _check_cache_contents(c, ndim):
-    """The kernels index gamma, mean and invstd by feature without bounds checks.
-
-    A cache's attributes are writable, and ``c.x`` is the caller's array (its
-    ``shape`` can be reassigned in place), so re-check that they still agree
-    before handing them to a kernel: a mismatch would be an out-of-bounds read.
-    """
-    x = c.x
-    ok = (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
-          and x.size > 0)
-    if ok:
-        D = x.shape[1]
-        ok = (type(c.gamma) is np.ndarray and c.gamma.shape == (D,)
-              and c.gamma.dtype == x.dtype and c.gamma.flags.c_contiguous
-              and all(type(a) is np.ndarray and a.shape == (D,) and a.dtype == F64
-                      and a.flags.c_contiguous for a in (c.mean, c.invstd))
-              and type(c.train) is bool)
-    if not ok:
-        raise ValueError("cache is inconsistent (its arrays were modified or the forward "
-                         "input was reshaped in place after the forward pass); run the "
-                         "forward pass again")
+    check_cache_arrays(c.x, ndim, c.gamma, (c.mean, c.invstd), stats_axis=1)
+    if type(c.train) is not bool:
+        raise ValueError(f"cache is inconsistent: train must be a bool, got {c.train!r}")
 
 
 def _backward(dout, cache, dx, spatial):

@@ -1,0 +1,173 @@
+"""Under load: many Python threads calling the kernels at once get exactly the
+serial results, and every kernel releases the GIL while it runs."""
+import random
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import compiled
+
+from conftest import with_layout
+from test_errors import BACKWARD, FORWARD
+
+
+def _jobs():
+    """(backward name, mode, dtype, shape, layout): small ones, and ones large
+    enough for the kernels to start their own OpenMP teams."""
+    jobs = []
+    for name in sorted(BACKWARD):
+        spec = FORWARD[BACKWARD[name]]
+        shapes = [(37, 5), (3000, 40)] if spec.ndim == 2 else [(3, 5, 7, 2), (8, 6, 40, 40)]
+        layouts = ["C", "F"] if spec.ndim == 2 else ["C", "channels_last"]
+        for shape in shapes:
+            for layout in layouts:
+                for dtype in (np.float32, np.float64):
+                    for mode in (["train", "test"] if spec.running else ["train"]):
+                        jobs.append((name, mode, dtype, shape, layout))
+    return jobs
+
+
+def _run(job, seed):
+    name, mode, dtype, shape, layout = job
+    spec = FORWARD[BACKWARD[name]]
+    rng = np.random.default_rng(seed)
+    x = with_layout((2 + rng.standard_normal(shape)).astype(dtype), layout)
+    dout = with_layout(rng.standard_normal(shape).astype(dtype), layout)
+    G = shape[1]
+    gamma, beta = (1 + rng.random(G)).astype(dtype), rng.standard_normal(G).astype(dtype)
+    param = {}
+    if spec.running:
+        param = {"mode": mode, "running_mean": rng.standard_normal(G).astype(dtype),
+                 "running_var": (1 + rng.random(G)).astype(dtype)}
+    out, cache = getattr(compiled, spec.name)(x, gamma, beta, param)
+    grads = getattr(compiled, name)(dout, cache)
+    return [out, *grads, *[param[k] for k in sorted(param) if k.startswith("running")]]
+
+
+def test_many_threads_give_the_serial_results():
+    jobs = _jobs()
+    serial = [_run(job, i) for i, job in enumerate(jobs)]
+    work = [(i, job) for i, job in enumerate(jobs)] * 3
+    random.Random(0).shuffle(work)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda w: (w[0], _run(w[1], w[0])), work))
+    assert len(results) == 3 * len(jobs)
+    for i, got in results:
+        for a, b in zip(got, serial[i]):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b, err_msg=str(jobs[i]))
+
+
+def test_backend_choice_is_per_thread():
+    """``with fastbn.backend(...)`` in one thread does not leak into others."""
+    x = np.random.default_rng(0).standard_normal((9, 4))
+    barrier = threading.Barrier(8)
+    kinds = {}
+
+    def worker(k):
+        backend = "numpy" if k % 2 else "cython"
+        with fastbn.backend(backend):
+            barrier.wait()       # all threads inside their own with-block at once
+            for _ in range(50):
+                _, cache = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})
+                kinds.setdefault(k, set()).add(type(cache).__name__)
+                assert fastbn.get_backend() == backend
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert kinds == {k: {"dict" if k % 2 else "BatchNormCache"} for k in range(8)}
+
+
+# -- the GIL ------------------------------------------------------------------
+
+def _progress_during(call, repeats=3):
+    """Run ``call`` ``repeats`` times in a thread while this thread counts.
+
+    Returns, per call, how many of this thread's ticks fell in the middle half
+    of the call.  A call that holds the GIL throughout gets none: no Python
+    code runs anywhere while it does.
+    """
+    windows = []
+
+    def target():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            windows.append((t0, time.perf_counter()))
+
+    ticks = []
+    worker = threading.Thread(target=target)
+    # Between its Python statements the worker can lose the GIL to us for one
+    # switch interval (right after taking t0, say); keep those spells short,
+    # well inside the window's outer quarters.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-3)
+    try:
+        worker.start()
+        while worker.is_alive():
+            ticks.append(time.perf_counter())
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    ticks = np.array(ticks)
+    counts = []
+    for t0, t1 in windows:
+        q = (t1 - t0) / 4
+        counts.append(int(((ticks > t0 + q) & (ticks < t1 - q)).sum()))
+    return counts
+
+
+def test_gil_detector_detects_a_gil_holding_call():
+    """Control: sum() over a range is one C call that never lets go of the GIL."""
+    counts = _progress_during(lambda: sum(range(5_000_000)))
+    assert counts == [0, 0, 0]
+
+
+def _kernel_cases():
+    """Every kernel, through the public functions: both loop orders, forward in
+    train and test mode, backward."""
+    for name in sorted(BACKWARD):
+        if name.endswith("_alt"):
+            continue          # the same kernel as batchnorm_backward
+        spec = FORWARD[BACKWARD[name]]
+        for layout in (["C", "F"] if spec.ndim == 2 else ["C", "channels_last"]):
+            for mode in (["train", "test"] if spec.running else ["train"]):
+                yield name, layout, mode, "forward"
+                if mode == "train":
+                    yield name, layout, mode, "backward"
+
+
+@pytest.mark.parametrize("name,layout,mode,direction", list(_kernel_cases()))
+def test_kernels_release_the_gil(name, layout, mode, direction):
+    """Another Python thread keeps running while a kernel works."""
+    spec = FORWARD[BACKWARD[name]]
+    shape = (1_000_000, 4) if spec.ndim == 2 else (16, 4, 250, 250)
+    x = with_layout(np.random.default_rng(0).standard_normal(shape).astype(np.float32), layout)
+    G = shape[1]
+    param = {"mode": mode} if spec.running else {}
+    fwd = getattr(compiled, spec.name)
+    if direction == "forward":
+        def call():
+            fwd(x, np.ones(G, np.float32), np.zeros(G, np.float32), dict(param))
+    else:
+        _, cache = fwd(x, np.ones(G, np.float32), np.zeros(G, np.float32), dict(param))
+
+        def call():
+            getattr(compiled, name)(x, cache)
+    # One kernel thread leaves a core for the counting thread: this is about
+    # the GIL, not about OpenMP.
+    fastbn.set_num_threads(1)
+    try:
+        counts = _progress_during(call)
+    finally:
+        fastbn.set_num_threads(None)
+    # a busy spell of the OS scheduler can starve one window; not all three
+    assert max(counts) > 0, f"no progress in the other thread: counts {counts}"
