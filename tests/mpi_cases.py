@@ -1,0 +1,249 @@
+"""Synchronized batch norm under MPI: run by every rank of ``mpirun -n K``.
+
+Not collected by a plain ``pytest`` run (the name does not match
+``test_*.py``); ``tests/test_distributed.py`` launches it as::
+
+    mpirun -n K python -m pytest tests/mpi_cases.py
+
+Every rank builds the same global batch from the same seed, takes its slice,
+and runs the collective functions; then the slices are all-gathered so that
+every rank checks the *whole* result against single-process batch norm on
+the concatenated batch.  All ranks therefore pass or fail together, and a
+failing check cannot leave the other ranks waiting in a collective.
+"""
+import numpy as np
+import pytest
+
+mpi4py = pytest.importorskip("mpi4py")
+from mpi4py import MPI  # noqa: E402
+
+from fastbn import compiled, reference as ref  # noqa: E402
+from fastbn import distributed as dist  # noqa: E402
+
+from conftest import TOL, make_case, with_layout  # noqa: E402
+
+F64 = np.float64
+COMM = MPI.COMM_WORLD
+RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
+
+
+def _slices(n, split):
+    """Each rank's [start, stop) of a batch of n samples."""
+    if split == "even":
+        cuts = np.linspace(0, n, SIZE + 1).round().astype(int)
+    elif split == "uneven":       # rank r gets ~ (r+1) parts: 1, 2, 3, ... shares
+        w = np.cumsum(np.arange(1, SIZE + 1))
+        cuts = np.concatenate([[0], (n * w / w[-1]).round().astype(int)])
+    elif split == "empty_first":  # rank 0 holds nothing (when there are others)
+        if SIZE == 1:
+            cuts = np.array([0, n])
+        else:
+            cuts = np.concatenate([[0], np.linspace(0, n, SIZE).round().astype(int)])
+    elif split == "all_on_last":  # every rank but the last is empty
+        cuts = np.array([0] * SIZE + [n])
+    else:
+        raise ValueError(split)
+    return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _gather_rows(local, slices):
+    """The global array from every rank's slice (rows in rank order)."""
+    parts = COMM.allgather(np.ascontiguousarray(local))
+    for part, sl in zip(parts, slices):
+        assert part.shape[0] == sl.stop - sl.start
+    return np.concatenate(parts)
+
+
+def _same_on_all_ranks(a):
+    """True on every rank iff ``a`` is bitwise identical on every rank."""
+    return all(np.array_equal(a, b) for b in COMM.allgather(np.asarray(a)))
+
+
+def _fns(ndim):
+    if ndim == 2:
+        return (dist.sync_batchnorm_forward, dist.sync_batchnorm_backward,
+                compiled.batchnorm_forward, compiled.batchnorm_backward,
+                ref.batchnorm_forward, ref.batchnorm_backward_alt)
+    return (dist.sync_spatial_batchnorm_forward, dist.sync_spatial_batchnorm_backward,
+            compiled.spatial_batchnorm_forward, compiled.spatial_batchnorm_backward,
+            ref.spatial_batchnorm_forward, ref.spatial_batchnorm_backward)
+
+
+SHAPES = {2: (13, 7), 4: (7, 3, 4, 5)}
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("split", ["even", "uneven", "empty_first", "all_on_last"])
+@pytest.mark.parametrize("layout", ["C", "channels_last"])   # 2-D: Fortran order
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_sync_equals_single_process_on_global_batch(ndim, dtype, layout, split, mode):
+    sfwd, sbwd, cfwd, cbwd, rfwd, rbwd = _fns(ndim)
+    rng = np.random.default_rng(7)
+    shape = SHAPES[ndim]
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=3.0, scale=2.0)
+    D = shape[1]
+    rm, rv = rng.standard_normal(D).astype(dtype), (0.5 + rng.random(D)).astype(dtype)
+    params = {"mode": mode, "eps": 1e-4, "momentum": 0.7, "running_mean": rm,
+              "running_var": rv}
+    slices = _slices(shape[0], split)
+    sl = slices[RANK]
+
+    bn = dict(params)
+    out, cache = sfwd(with_layout(x[sl], layout), gamma, beta, bn)
+    dx, dgamma, dbeta = sbwd(with_layout(dout[sl], layout), cache)
+    assert out.dtype == dx.dtype == dgamma.dtype == dbeta.dtype == dtype
+    assert out.shape == dx.shape == x[sl].shape
+
+    # the fused single-process kernels on the concatenated batch
+    bn1 = dict(params)
+    out1, cache1 = cfwd(x, gamma, beta, bn1)
+    dx1, dgamma1, dbeta1 = cbwd(dout, cache1)
+    # and the float64 NumPy reference
+    bn_ref = {k: (v.astype(F64) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+    out_r, cache_r = rfwd(x.astype(F64), gamma.astype(F64), beta.astype(F64), bn_ref)
+    dx_r, dgamma_r, dbeta_r = rbwd(dout.astype(F64), cache_r)
+
+    out_all, dx_all = _gather_rows(out, slices), _gather_rows(dx, slices)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(out_all, out1, **tol)
+    np.testing.assert_allclose(out_all, out_r, **tol)
+    scale = np.abs(dx_r).max() + 1
+    np.testing.assert_allclose(dx_all / scale, dx1 / scale, **tol)
+    np.testing.assert_allclose(dx_all / scale, dx_r / scale, **tol)
+    for got, single, oracle in ((dgamma, dgamma1, dgamma_r), (dbeta, dbeta1, dbeta_r)):
+        assert _same_on_all_ranks(got)
+        np.testing.assert_allclose(got, single, rtol=tol["rtol"], atol=tol["atol"] * 10)
+        np.testing.assert_allclose(got, oracle, rtol=tol["rtol"], atol=tol["atol"] * 10)
+    for key in ("running_mean", "running_var"):
+        assert bn[key].dtype == dtype
+        assert _same_on_all_ranks(bn[key])
+        np.testing.assert_allclose(bn[key], bn1[key], **tol)
+        np.testing.assert_allclose(bn[key], bn_ref[key], **tol)
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_running_statistics_over_several_steps(ndim):
+    """Five train steps on changing batches, then test mode: as one process."""
+    sfwd, sbwd, cfwd, cbwd, _, _ = _fns(ndim)
+    rng = np.random.default_rng(11)
+    shape = (10,) + SHAPES[ndim][1:]
+    D = shape[1]
+    gamma, beta = np.ones(D), np.zeros(D)
+    bn, bn1 = {"mode": "train", "momentum": 0.5}, {"mode": "train", "momentum": 0.5}
+    slices = _slices(shape[0], "uneven")
+    for step in range(5):
+        x = 5.0 * step + rng.standard_normal(shape) * (1 + step)
+        sfwd(x[slices[RANK]], gamma, beta, bn)
+        cfwd(x, gamma, beta, bn1)
+        for key in ("running_mean", "running_var"):
+            assert _same_on_all_ranks(bn[key])
+            np.testing.assert_allclose(bn[key], bn1[key], rtol=1e-12, atol=1e-12)
+    bn["mode"] = bn1["mode"] = "test"
+    x = rng.standard_normal(shape)
+    out, _ = sfwd(x[slices[RANK]], gamma, beta, bn)
+    out1, _ = cfwd(x, gamma, beta, bn1)
+    np.testing.assert_allclose(_gather_rows(out, slices), out1, rtol=1e-12, atol=1e-12)
+
+
+def test_statistics_stable_far_from_zero():
+    """1e8 + randn on every rank, each rank's slice at its own offset."""
+    rng = np.random.default_rng(3)
+    n = 64
+    x = 1e8 + rng.standard_normal((n, 3))
+    slices = _slices(n, "uneven")
+    bn = {"mode": "train", "momentum": 0.0}
+    dist.sync_batchnorm_forward(x[slices[RANK]], np.ones(3), np.zeros(3), bn)
+    exact_var = (x - 1e8).var(0)           # x - 1e8 is exact in float64
+    np.testing.assert_allclose(bn["running_var"], exact_var, rtol=1e-7)
+    np.testing.assert_allclose(bn["running_mean"] - 1e8, (x - 1e8).mean(0), atol=1e-7)
+
+
+def test_numeric_gradient_of_the_distributed_loss():
+    """dx of a rank's slice is the gradient of the *global* objective."""
+    rng = np.random.default_rng(5)
+    shape = (6, 3)
+    x, gamma, beta, dout = make_case(rng, shape, F64)
+    slices = _slices(shape[0], "uneven")
+    sl = slices[RANK]
+    out, cache = dist.sync_batchnorm_forward(x[sl], gamma, beta, {"mode": "train"})
+    dx = _gather_rows(dist.sync_batchnorm_backward(dout[sl], cache)[0], slices)
+
+    def objective(xx):
+        out, _ = ref.batchnorm_forward(xx, gamma, beta, {"mode": "train"})
+        return np.sum(out * dout)
+
+    h, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(*shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        num[i] = (objective(xp) - objective(xm)) / (2 * h)
+    np.testing.assert_allclose(dx, num, rtol=1e-5, atol=1e-7)
+
+
+class _CountingComm:
+    """A communicator proxy that records every Allreduce."""
+
+    def __init__(self, comm):
+        self.comm, self.calls = comm, []
+
+    def Allreduce(self, sendbuf, recvbuf, op):
+        buf = recvbuf[0] if isinstance(recvbuf, list) else recvbuf
+        dtype = recvbuf[2] if isinstance(recvbuf, list) else MPI.DOUBLE
+        count = recvbuf[1] if isinstance(recvbuf, list) else buf.size
+        self.calls.append(count * dtype.Get_size())
+        return self.comm.Allreduce(sendbuf, recvbuf, op=op)
+
+    def Get_size(self):
+        return self.comm.Get_size()
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_one_allreduce_of_2d_plus_1_forward_and_2d_backward(ndim):
+    sfwd, sbwd = _fns(ndim)[:2]
+    shape = SHAPES[ndim]
+    D = shape[1]
+    x, gamma, beta, dout = make_case(np.random.default_rng(0), shape, np.float32)
+    comm = _CountingComm(COMM)
+    out, cache = sfwd(x, gamma, beta, {"mode": "train"}, comm=comm)
+    assert comm.calls == [(2 * D + 1) * 8]
+    sbwd(dout, cache)
+    assert comm.calls == [(2 * D + 1) * 8, 2 * D * 8]
+    assert dist.bytes_per_call(D) == ((2 * D + 1) * 8, 2 * D * 8)
+    sfwd(x, gamma, beta, {"mode": "test"}, comm=comm)      # test mode: no traffic
+    assert len(comm.calls) == 2
+
+
+def test_empty_global_batch_raises_on_every_rank_and_changes_nothing():
+    rm = np.arange(3.0)
+    bn = {"mode": "train", "running_mean": rm}
+    with pytest.raises(ValueError, match="global batch is empty"):
+        dist.sync_batchnorm_forward(np.empty((0, 3)), np.ones(3), np.zeros(3), bn)
+    assert bn["running_mean"] is rm and "running_var" not in bn
+    with pytest.raises(ValueError, match="global batch is empty"):
+        dist.sync_spatial_batchnorm_forward(np.empty((0, 3, 2, 2), np.float32),
+                                            np.ones(3, np.float32), np.zeros(3, np.float32),
+                                            {"mode": "train"})
+    # the communicator is still usable afterwards: nobody was left waiting
+    assert COMM.allreduce(1) == SIZE
+
+
+def test_argument_errors_match_the_single_process_api():
+    x = np.ones((4, 3))
+    with pytest.raises(TypeError, match="x must have dtype"):
+        dist.sync_batchnorm_forward(x.astype(int), np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        dist.sync_batchnorm_forward(x, np.ones(2), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="mode"):
+        dist.sync_batchnorm_forward(x, np.ones(3), np.zeros(3), {})
+    with pytest.raises(ValueError, match="4-D"):
+        dist.sync_spatial_batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(TypeError, match="cache must be"):
+        dist.sync_batchnorm_backward(x, {"kind": "batchnorm"})
+    _, cache = dist.sync_batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(ValueError, match="dout has shape"):
+        dist.sync_batchnorm_backward(np.ones((5, 3)), cache)
+    with pytest.raises(TypeError, match="sync_spatial_batchnorm_forward"):
+        dist.sync_spatial_batchnorm_backward(x, cache)
+    assert COMM.allreduce(1) == SIZE

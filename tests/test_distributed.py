@@ -1,0 +1,86 @@
+"""Synchronized batch norm: launch tests/mpi_cases.py under ``mpirun -n K``.
+
+The equivalence checks themselves live in ``mpi_cases.py`` and run inside
+every rank.  Here a plain pytest run starts them for 1 to 4 processes and
+asserts they all passed.  Skipped, with the reason shown, only when no
+``mpirun`` or no mpi4py is installed (``.ci/run`` installs both).
+"""
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+needs_mpi = pytest.mark.skipif(
+    MPIRUN is None or not HAVE_MPI4PY,
+    reason="MPI tests need `mpirun` (apt-get install openmpi-bin libopenmpi-dev) and "
+           f"mpi4py (pip install mpi4py); found mpirun={MPIRUN}, mpi4py={HAVE_MPI4PY}")
+
+
+def mpirun_command(n):
+    """``mpirun -n n`` with the flags this machine needs (Open MPI on 2 cores)."""
+    cmd = [MPIRUN, "-n", str(n)]
+    version = subprocess.run([MPIRUN, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        cmd.append("--oversubscribe")        # more ranks than cores is fine for tests
+    return cmd
+
+
+def mpi_env():
+    env = dict(os.environ)
+    # Open MPI refuses to start as root without these (CI runs as root).
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    # One kernel thread per rank: the ranks already share the cores.
+    env["OMP_NUM_THREADS"] = "1"
+    env["FASTBN_NUM_THREADS"] = "1"
+    # Run the same fastbn as this process, installed or from the source tree.
+    import fastbn
+    pkg_root = str(Path(fastbn.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([pkg_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@needs_mpi
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_sync_batchnorm_under_mpirun(nprocs):
+    cmd = mpirun_command(nprocs) + [
+        sys.executable, "-m", "pytest", "-q", "--color=no", "-p", "no:cacheprovider",
+        "-o", "addopts=", str(HERE / "mpi_cases.py")]
+    try:
+        proc = subprocess.run(cmd, cwd=HERE.parent, env=mpi_env(), capture_output=True,
+                              text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"mpirun -n {nprocs} timed out (a rank waiting in a collective?)\n"
+                    f"{exc.stdout or ''}\n{exc.stderr or ''}")
+    report = f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
+    # Every rank ran the cases and none was skipped (a skip would hide a broken
+    # mpi4py).  Ranks share stdout, so their summary lines may interleave.
+    summaries = re.findall(r"(\d+) passed", proc.stdout)
+    assert len(summaries) == nprocs and len(set(summaries)) == 1, report
+    assert not re.search(r"\d+ (failed|skipped|errors?|xfailed)", proc.stdout), report
+
+def test_import_without_mpi4py_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)      # makes `import mpi4py` fail
+    monkeypatch.delitem(sys.modules, "fastbn.distributed", raising=False)
+    with pytest.raises(ImportError, match="pip install mpi4py"):
+        importlib.import_module("fastbn.distributed")
+
+
+def test_fastbn_imports_without_touching_mpi():
+    """Plain `import fastbn` must not load mpi4py (it initializes MPI)."""
+    code = "import sys, fastbn; print('mpi4py.MPI' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=mpi_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
