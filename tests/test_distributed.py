@@ -70,6 +70,26 @@ def test_sync_batchnorm_under_mpirun(nprocs):
     assert len(summaries) == nprocs and len(set(summaries)) == 1, report
     assert not re.search(r"\d+ (failed|skipped|errors?|xfailed)", proc.stdout), report
 
+@needs_mpi
+@pytest.mark.parametrize("nprocs,extra", [
+    (3, ["--dtype", "float64", "--data", "synthetic", "--batch-size", "20",
+         "--num-train", "200", "--hidden", "30,30,30", "--iters", "30"]),
+    # more processes than minibatch rows: two of the four ranks get empty slices
+    (4, ["--dtype", "float64", "--data", "synthetic", "--batch-size", "2",
+         "--num-train", "50", "--hidden", "8,8", "--iters", "10"]),
+    (2, ["--dtype", "float32", "--iters", "40"]),     # the depth net on digits
+])
+def test_ddp_example_loss_curve_matches_single_process(nprocs, extra):
+    script = HERE.parent / "examples" / "ddp_depth.py"
+    cmd = mpirun_command(nprocs) + [sys.executable, str(script), "--check"] + extra
+    proc = subprocess.run(cmd, cwd=HERE.parent, env=mpi_env(), capture_output=True,
+                          text=True, timeout=300)
+    report = f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
+    assert "parameters identical on all processes" in proc.stdout, report
+    assert "(OK," in proc.stdout, report
+
+
 def test_import_without_mpi4py_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)      # makes `import mpi4py` fail
     monkeypatch.delitem(sys.modules, "fastbn.distributed", raising=False)

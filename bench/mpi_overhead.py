@@ -1,0 +1,97 @@
+"""All-reduce overhead of synchronized batch norm against the kernel time.
+
+Run under MPI (one kernel thread per process)::
+
+    OMP_NUM_THREADS=1 mpirun -n 2 python bench/mpi_overhead.py
+
+For each shape (the *local* batch of every process) it times, per process,
+the median of ``--repeat`` calls, each started after a barrier:
+
+* ``fused``: single-process ``fastbn`` forward / backward on the local batch
+  (what a process would spend without synchronization),
+* ``sync``: ``sync_(spatial_)batchnorm_forward`` / ``_backward``,
+* ``allreduce``: the all-reduce alone (forward: 2*D+1 doubles with the
+  Chan-merge op; backward: 2*D doubles summed).
+
+Prints a Markdown table on rank 0 (the slowest process's median per column).
+"""
+import argparse
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from fastbn import compiled
+from fastbn import distributed as dist
+
+SHAPES = [(256, 1024), (4096, 1024), (32, 64, 28, 28), (32, 256, 14, 14)]
+
+
+def median_time(comm, fn, repeat):
+    times = []
+    for _ in range(repeat):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return comm.allreduce(float(np.median(times)), op=MPI.MAX)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=30)
+    args = p.parse_args()
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(comm.Get_rank())
+    rows = []
+    for shape in SHAPES:
+        spatial = len(shape) == 4
+        D = shape[1]
+        x = rng.standard_normal(shape).astype(np.float32)
+        dout = rng.standard_normal(shape).astype(np.float32)
+        g, b = np.ones(D, np.float32), np.zeros(D, np.float32)
+        ffwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
+        fbwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward
+        sfwd = dist.sync_spatial_batchnorm_forward if spatial else dist.sync_batchnorm_forward
+        sbwd = dist.sync_spatial_batchnorm_backward if spatial else dist.sync_batchnorm_backward
+        _, fcache = ffwd(x, g, b, {"mode": "train"})
+        _, scache = sfwd(x, g, b, {"mode": "train"})
+        fwd_buf = np.zeros(2 * D + 1)
+        fwd_buf[0] = 1.0
+        bwd_buf = np.zeros(2 * D)
+
+        def fwd_allreduce():
+            buf = fwd_buf.copy()
+            comm.Allreduce(MPI.IN_PLACE, [buf, 1, dist._packed_type(D)],
+                           op=dist.MERGE_MOMENTS)
+
+        def bwd_allreduce():
+            comm.Allreduce(MPI.IN_PLACE, bwd_buf.copy(), op=MPI.SUM)
+
+        t = {
+            "fused fwd": median_time(comm, lambda: ffwd(x, g, b, {"mode": "train"}), args.repeat),
+            "sync fwd": median_time(comm, lambda: sfwd(x, g, b, {"mode": "train"}), args.repeat),
+            "allreduce fwd": median_time(comm, fwd_allreduce, args.repeat),
+            "fused bwd": median_time(comm, lambda: fbwd(dout, fcache), args.repeat),
+            "sync bwd": median_time(comm, lambda: sbwd(dout, scache), args.repeat),
+            "allreduce bwd": median_time(comm, bwd_allreduce, args.repeat),
+        }
+        rows.append((shape, D, t))
+    if comm.Get_rank() == 0:
+        fb, bb = dist.bytes_per_call(1)
+        print(f"{comm.Get_size()} processes, float32, local batch per process; "
+              f"medians of {args.repeat} calls in ms (slowest process)\n")
+        print("| local shape | D | bytes fwd / bwd | fused fwd | sync fwd | all-reduce fwd "
+              "| fused bwd | sync bwd | all-reduce bwd | all-reduce / fused (fwd+bwd) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for shape, D, t in rows:
+            fwd_b, bwd_b = dist.bytes_per_call(D)
+            ms = {k: 1e3 * v for k, v in t.items()}
+            ratio = (t["allreduce fwd"] + t["allreduce bwd"]) / (t["fused fwd"] + t["fused bwd"])
+            print(f"| {shape} | {D} | {fwd_b} / {bwd_b} | {ms['fused fwd']:.3f} | "
+                  f"{ms['sync fwd']:.3f} | {ms['allreduce fwd']:.3f} | {ms['fused bwd']:.3f} | "
+                  f"{ms['sync bwd']:.3f} | {ms['allreduce bwd']:.3f} | {100 * ratio:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
