@@ -134,10 +134,12 @@ def test_check_report(capsys, backend):
 
 def test_python_dash_m_fastbn(tmp_path):
     """The real process entry point, as a user runs it."""
+    # The child must import the same fastbn as this process: the installed
+    # package in CI, the built source tree in development.
+    import fastbn
+    here = os.path.dirname(os.path.dirname(os.path.abspath(fastbn.__file__)))
     env = dict(os.environ)
-    src = os.path.join(os.path.dirname(__file__), os.pardir, "src")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(src),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "fastbn", "experiment", "depth",
                            "--epochs", "1", "--num-train", "100", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=120)
