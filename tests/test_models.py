@@ -152,3 +152,26 @@ def test_bad_arguments(kwargs, match):
 def test_bad_dtype():
     with pytest.raises(TypeError, match="dtype"):
         FullyConnectedNet([3], dtype=np.int32)
+
+
+@pytest.mark.parametrize("X_shape, y, match", [
+    ((4, 14), [0, 1, 2, 3], "input_dim"),
+    ((4,), [0, 1, 2, 3], "X must have shape"),
+    ((4, 15), [0, 1, 2], "y must be 4"),
+    ((4, 15), [0.0, 1.0, 2.0, 3.0], "integer labels"),
+    ((4, 15), [0, 1, 2, 10], "num_classes"),
+    ((4, 15), [-1, 1, 2, 3], "num_classes"),
+])
+def test_bad_loss_inputs_change_nothing(X_shape, y, match):
+    np.random.seed(0)
+    model = FullyConnectedNet([H1], input_dim=D, num_classes=C, normalization="batchnorm")
+    X = np.ones(X_shape, np.float32)
+    model.loss(np.random.randn(6, D), np.arange(6))           # running stats exist
+    before = {k: v.copy() for k, v in model.bn_params[0].items() if k.startswith("running")}
+    params = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(ValueError, match=match):
+        model.loss(X, np.array(y))
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.bn_params[0][k], v)
+    for k, v in params.items():
+        np.testing.assert_array_equal(model.params[k], v)

@@ -108,6 +108,18 @@ def test_verbose_progress_output(capsys):
     assert captured.out == captured.err == ""
 
 
+def test_verbose_without_tqdm_prints_classic_lines(capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)        # as if not installed
+    rng = np.random.default_rng(3)
+    data = tiny_classification(rng, N=40, D=6, C=2)
+    model = FullyConnectedNet([8], input_dim=6, num_classes=2)
+    Solver(model, data, batch_size=20, num_epochs=2, print_every=1, verbose=True).train()
+    out = capsys.readouterr().out
+    assert "(Iteration 1 / 4) loss:" in out and "(Iteration 4 / 4) loss:" in out
+    assert "(Epoch 2 / 2) train acc:" in out
+
+
 def test_checkpoint(tmp_path):
     import pickle
     rng = np.random.default_rng(4)

@@ -106,6 +106,29 @@ class FullyConnectedNet:
         elif normalization == "layernorm":
             self.bn_params = [{} for _ in range(self.num_layers - 1)]
 
+    def _check_inputs(self, X, y):
+        """X cast to the net's dtype, after checking X and y against the net.
+
+        Checking first means a bad call raises before the forward pass has
+        touched the running statistics in ``bn_params``.
+        """
+        X = np.asarray(X)
+        D, C = self.params["W1"].shape[0], self.params[f"W{self.num_layers}"].shape[1]
+        if X.ndim < 2 or X.shape[0] == 0 or X[0].size != D:
+            raise ValueError(f"X must have shape (N, ...) with N >= 1 and {D} features per "
+                             f"sample (input_dim), got shape {X.shape}")
+        if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+            raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
+        if y is not None:
+            y = np.asarray(y)
+            if y.shape != (X.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"y must be {X.shape[0]} integer labels (one per row of X), "
+                                 f"got {y.dtype} of shape {y.shape}")
+            if y.min() < 0 or y.max() >= C:
+                raise ValueError(f"labels y must lie in [0, {C}) (num_classes), got values "
+                                 f"in [{y.min()}, {y.max()}]")
+        return X.astype(self.dtype, copy=False)
+
     def loss(self, X, y=None):
         """Class scores, or the loss and its gradients.
 
@@ -124,7 +147,7 @@ class FullyConnectedNet:
         loss : float, grads : dict
             Otherwise; ``grads[k]`` is the gradient for ``self.params[k]``.
         """
-        X = np.asarray(X).astype(self.dtype, copy=False)
+        X = self._check_inputs(X, y)
         mode = "test" if y is None else "train"
         if self.use_dropout:
             self.dropout_param["mode"] = mode
