@@ -113,11 +113,18 @@ def test_missing_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     assert 'pip install "fastbn[experiments]"' in capsys.readouterr().err
 
 
-def test_bad_numbers_are_usage_errors(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "init-scale", "--scales", "0"], "positive integer"),
+    (["experiment", "depth", "--epochs", "two"], "positive integer"),
+    (["experiment", "depth", "--lr=-1e-3"], "positive number"),
+    (["experiment", "depth", "--weight-scale", "nan"], "positive number"),
+    (["check", "--repeat", "0"], "positive integer"),
+])
+def test_bad_numbers_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
-        main(["experiment", "init-scale", "--scales", "0"])
+        main(argv)
     assert info.value.code == 2
-    assert "positive integer" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])

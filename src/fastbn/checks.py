@@ -27,7 +27,8 @@ NET_TOL = 1e-4
 def add_arguments(parser):
     parser.add_argument("--backend", choices=sorted(fastbn.BACKENDS), default=None,
                         help="backend to check (default: the current one, normally cython)")
-    parser.add_argument("--repeat", type=int, default=20,
+    from .experiments import _positive_int
+    parser.add_argument("--repeat", type=_positive_int, default=20,
                         help="timing repetitions for the speed comparison (default: 20)")
 
 

@@ -16,6 +16,7 @@ cifar10 --data-dir PATH`` runs on CIFAR-10 as in the original notebook.
 Everything goes through the fastbn top-level functions, so ``--backend
 numpy`` runs the same experiment on the NumPy reference.
 """
+import argparse
 import json
 import math
 import os
@@ -39,7 +40,7 @@ def add_arguments(parser):
     sub.required = True
     depth = sub.add_parser("depth", help="deep net with vs without batch norm: loss and "
                                          "accuracy curves (depth.png, depth.json)")
-    depth.add_argument("--weight-scale", type=float, default=2e-2,
+    depth.add_argument("--weight-scale", type=_positive_float, default=2e-2,
                        help="std of the initial weights (default: %(default)s)")
     scale = sub.add_parser("init-scale", help="best accuracy and final loss vs weight "
                                               "init scale (init_scale.png, init_scale.json)")
@@ -59,7 +60,7 @@ def add_arguments(parser):
                        help="training samples (default: %(default)s)")
         p.add_argument("--batch-size", type=_positive_int, default=50,
                        help="minibatch size (default: %(default)s)")
-        p.add_argument("--lr", type=float, default=1e-3,
+        p.add_argument("--lr", type=_positive_float, default=1e-3,
                        help="Adam learning rate (default: %(default)s)")
         p.add_argument("--seed", type=int, default=231,
                        help="seed of NumPy's global RNG, as in the notebook (default: 231)")
@@ -68,8 +69,17 @@ def add_arguments(parser):
         p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 def _positive_int(text):
-    import argparse
     try:
         value = int(text)
     except ValueError:
