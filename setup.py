@@ -38,6 +38,26 @@ def _compiler_has_openmp(compiler, flags):
     return True
 
 
+# Kernel modules compiled a second time for x86-64 CPUs with AVX2 and FMA
+# (Haswell, 2013, and later): same source, wider vectors.  The baseline
+# module stays plain x86-64 and fastbn.compiled loads the variant only when
+# the running CPU has both features, so every wheel still runs everywhere.
+ISA_VARIANTS = {"_bn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+
+
+def _compiler_accepts(compiler, flags):
+    """Can the compiler build a trivial file with these flags (e.g. -mavx2 on x86)?"""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "isa_test.c")
+        with open(path, "w") as f:
+            f.write("int fastbn_isa_test(int x) { return x + 1; }\n")
+        try:
+            compiler.compile([path], output_dir=tmp, extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
         ctype = self.compiler.compiler_type
@@ -54,6 +74,12 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = opt + (omp_c if use_omp else []) + ext.extra_compile_args
             ext.extra_link_args = (omp_l if use_omp else []) + ext.extra_link_args
+            variant = ISA_VARIANTS.get(ext.name.rsplit(".", 1)[-1])
+            if variant:
+                isa = variant["msvc" if ctype == "msvc" else "unix"]
+                # not an x86 target (arm64...): a plain duplicate that is never loaded
+                if _compiler_accepts(self.compiler, isa):
+                    ext.extra_compile_args = ext.extra_compile_args + isa
         self._write_flags_header(opt + (omp_c if use_omp else []))
         super().build_extensions()
 

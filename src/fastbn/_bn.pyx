@@ -19,16 +19,51 @@ far from zero, and partial sums around a common shift merge by plain addition.
 
 The Python layer validates everything before calling in: these functions
 assume non-empty, shape-consistent arguments of one dtype.
+
+``_bn_avx2.pyx`` includes this file to build the same kernels with AVX2 and
+FMA; :mod:`fastbn.compiled` asks :func:`cpu_has_avx2_fma` (of the baseline
+build) which one the running CPU can execute.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _chan_affine, _chan_dx, _chan_grad_sums, _chan_sums, _channel_split,
-    _dx_coefficients, _finish_moments, _row_chunks, _rows_affine, _rows_dx,
-    _rows_grad_sums, _rows_sums,
+    _chan_dx, _chan_grad_sums, _chan_normalize, _chan_sums, _channel_split,
+    _dx_coefficients, _finish_moments, _row_chunks, _rows_dx, _rows_grad_sums,
+    _rows_normalize, _rows_sums,
 )
+
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int fastbn_cpu_has_avx2_fma(void) {
+        __builtin_cpu_init();   /* also checks the OS saves the AVX registers */
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static int fastbn_cpu_has_avx2_fma(void) { return 0; }  /* no runtime check here */
+    #endif
+    #if defined(__AVX2__) && defined(__FMA__)
+    static const char fastbn_kernel_isa[] = "avx2";
+    #elif defined(__AVX2__)    /* MSVC /arch:AVX2 implies FMA use but defines no __FMA__ */
+    static const char fastbn_kernel_isa[] = "avx2";
+    #else
+    static const char fastbn_kernel_isa[] = "baseline";
+    #endif
+    """
+    int fastbn_cpu_has_avx2_fma() nogil
+    const char* fastbn_kernel_isa
+
+
+def cpu_has_avx2_fma():
+    """True when the running CPU (and OS) can execute the AVX2+FMA kernels."""
+    return bool(fastbn_cpu_has_avx2_fma())
+
+
+def kernel_isa():
+    """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
+    return fastbn_kernel_isa.decode()
 
 
 # --------------------------------------------------------------------------
@@ -54,7 +89,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * D
     cdef double* alpha = center + D
-    cdef double* shift = alpha + D
+    cdef double* bet = alpha + D
     with nogil:
         for j in range(D):
             center[j] = xp[j * sd]
@@ -69,10 +104,10 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                 s2 = s2 + part[(2 * t + 1) * D + j]
             _finish_moments(s1, s2, R, center[j], eps, &mean[j], &var[j], &invstd[j])
             alpha[j] = gamma[j] * invstd[j]
-            shift[j] = beta[j] - mean[j] * alpha[j]
+            bet[j] = beta[j]
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_affine(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                         alpha, shift)
+            _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                            &mean[0], alpha, bet)
     free(part)
 
 
@@ -93,12 +128,11 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef Py_ssize_t n_items = C * split, it, c, s
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
-    cdef double s1, s2, al
-    cdef double* part = <double*>malloc((2 * n_items + 2 * C) * sizeof(double))
+    cdef double s1, s2
+    cdef double* part = <double*>malloc((2 * n_items + C) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* alpha = part + 2 * n_items
-    cdef double* shift = alpha + C
     with nogil:
         if split == 1:
             # whole channels: statistics then output while the channel is cached
@@ -106,9 +140,8 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _chan_sums(xp + c * sc, sa, sb, B, 0, L, xp[c * sc], part + 2 * c)
                 _finish_moments(part[2 * c], part[2 * c + 1], L, xp[c * sc], eps,
                                 &mean[c], &var[c], &invstd[c])
-                al = gamma[c] * invstd[c]
-                _chan_affine(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0, L,
-                             al, beta[c] - mean[c] * al)
+                _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0, L,
+                                mean[c], gamma[c] * invstd[c], beta[c])
         else:
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
@@ -124,18 +157,19 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _finish_moments(s1, s2, L, xp[c * sc], eps, &mean[c], &var[c],
                                 &invstd[c])
                 alpha[c] = gamma[c] * invstd[c]
-                shift[c] = beta[c] - mean[c] * alpha[c]
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
                 s = it - c * split
-                _chan_affine(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                             s * L // split, (s + 1) * L // split, alpha[c], shift[c])
+                _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
+                                s * L // split, (s + 1) * L // split, mean[c], alpha[c],
+                                beta[c])
     free(part)
 
 
-def rows_affine(const floating[:, :] x, const double[::1] alpha,
-                const double[::1] shift, floating[:, :] out, int nthreads):
-    """out = x * alpha + shift per feature on an (R, D) view (test mode)."""
+def rows_normalize(const floating[:, :] x, const double[::1] mean,
+                   const double[::1] alpha, const double[::1] beta,
+                   floating[:, :] out, int nthreads):
+    """out = (x - mean) * alpha + beta per feature on an (R, D) view (test mode)."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -146,13 +180,14 @@ def rows_affine(const floating[:, :] x, const double[::1] alpha,
     cdef floating* yp = &out[0, 0]
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_affine(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                         &alpha[0], &shift[0])
+            _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                            &mean[0], &alpha[0], &beta[0])
 
 
-def chans_affine(const floating[:, :, :] x, const double[::1] alpha,
-                 const double[::1] shift, floating[:, :, :] out, int nthreads):
-    """out = x * alpha + shift per channel on an (A, C, B) view (test mode)."""
+def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
+                    const double[::1] alpha, const double[::1] beta,
+                    floating[:, :, :] out, int nthreads):
+    """out = (x - mean) * alpha + beta per channel on an (A, C, B) view (test mode)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -169,8 +204,9 @@ def chans_affine(const floating[:, :, :] x, const double[::1] alpha,
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
-            _chan_affine(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                         s * L // split, (s + 1) * L // split, alpha[c], shift[c])
+            _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
+                            s * L // split, (s + 1) * L // split, mean[c], alpha[c],
+                            beta[c])
 
 
 def rows_backward(const floating[:, :] x, const floating[:, :] dout,

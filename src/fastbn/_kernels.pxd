@@ -21,13 +21,35 @@ cdef inline void _rows_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                             const double* center, double* s1,
                             double* s2) noexcept nogil:
     """s1[j] = sum(x[:, j] - center[j]), s2[j] = sum of squares, rows r0..r1."""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i = r0, j
     cdef const floating* row
-    cdef double v
+    cdef const floating* a0
+    cdef const floating* a1
+    cdef const floating* a2
+    cdef const floating* a3
+    cdef double v, v0, v1, v2, v3, c
     for j in range(D):
         s1[j] = 0.0
         s2[j] = 0.0
-    for i in range(r0, r1):
+    if sd == 1:
+        # Four rows per sweep: the float64 accumulators are loaded and stored
+        # once per four elements, not once per element (with wide rows they
+        # live in L2, and the load/store ports were the bottleneck).
+        while i + 4 <= r1:
+            a0 = x + i * sr
+            a1 = a0 + sr
+            a2 = a1 + sr
+            a3 = a2 + sr
+            for j in range(D):
+                c = center[j]
+                v0 = a0[j] - c
+                v1 = a1[j] - c
+                v2 = a2[j] - c
+                v3 = a3[j] - c
+                s1[j] += (v0 + v1) + (v2 + v3)
+                s2[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+            i += 4
+    for i in range(i, r1):
         row = x + i * sr
         if sd == 1:
             for j in range(D):
@@ -47,14 +69,29 @@ cdef inline void _rows_grad_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd
                                  const double* mean, double* sdy,
                                  double* sdyx) noexcept nogil:
     """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j]))."""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i = r0, j
     cdef const floating* xr
     cdef const floating* gr_
-    cdef double g
+    cdef const floating* b0
+    cdef const floating* b1
+    cdef double g, g0, g1, m
     for j in range(D):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    for i in range(r0, r1):
+    if sd == 1 and gd == 1:
+        # two rows per sweep (two inputs each), as in _rows_sums
+        while i + 2 <= r1:
+            xr = x + i * sr
+            b0 = dy + i * gr
+            b1 = b0 + gr
+            for j in range(D):
+                m = mean[j]
+                g0 = b0[j]
+                g1 = b1[j]
+                sdy[j] += g0 + g1
+                sdyx[j] += g0 * (xr[j] - m) + g1 * (xr[j + sr] - m)
+            i += 2
+    for i in range(i, r1):
         xr = x + i * sr
         gr_ = dy + i * gr
         if sd == 1 and gd == 1:
@@ -110,6 +147,31 @@ cdef inline void _rows_dx(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         else:
             for j in range(D):
                 drow[j * xd_] = <floating>(a[j] * grow[j * gd] + b[j] * xrow[j * sd] + c[j])
+
+
+cdef inline void _rows_normalize(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                 floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                 const double* mean, const double* alpha,
+                                 const double* beta) noexcept nogil:
+    """y = (x - mean) * alpha + beta, per feature, computed in float64.
+
+    Centred rather than folded into ``x * alpha + shift``: no cancellation
+    between two large terms when the data sit far from zero, and x == mean
+    gives exactly beta with or without fused multiply-adds.
+    """
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef floating* yrow
+    for i in range(r0, r1):
+        xr = x + i * sr
+        yrow = y + i * yr
+        if sd == 1 and yd == 1:
+            for j in range(D):
+                yrow[j] = <floating>((xr[j] - mean[j]) * alpha[j] + beta[j])
+        else:
+            for j in range(D):
+                yrow[j * yd] = <floating>((xr[j * sd] - mean[j]) * alpha[j] + beta[j])
 
 
 # A channel slice is the flat range [k0, k1) of its A*B elements, so a
@@ -198,6 +260,31 @@ cdef inline void _chan_affine(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
         else:
             for b in range(b0, b1):
                 q[b * yb] = <floating>(p[b * sb] * alpha + shift)
+        k += b1 - b0
+
+
+cdef inline void _chan_normalize(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                                 floating* y, Py_ssize_t ya, Py_ssize_t yb,
+                                 Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                                 double mean, double alpha, double beta) noexcept nogil:
+    """y = (x - mean) * alpha + beta over the slice (see _rows_normalize)."""
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    cdef floating* q
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        q = y + a * ya
+        if sb == 1 and yb == 1:
+            for b in range(b0, b1):
+                q[b] = <floating>((p[b] - mean) * alpha + beta)
+        else:
+            for b in range(b0, b1):
+                q[b * yb] = <floating>((p[b * sb] - mean) * alpha + beta)
         k += b1 - b0
 
 

@@ -7,13 +7,51 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
+import os
+
 import numpy as np
 
-from . import _bn
+from . import _bn as _bn_baseline
 from ._config import threads_for
 from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, check_out
 
 F64 = np.float64
+
+KERNEL_BUILDS = ("auto", "baseline", "avx2")
+
+
+def _select_kernels():
+    """The fastest build of the kernel module that this CPU can execute.
+
+    ``FASTBN_KERNELS=baseline`` (or ``avx2``) forces one, e.g. to compare
+    them; ``auto`` (the default) takes the AVX2+FMA build when the CPU has
+    both and the build exists (it is not built on non-x86 machines' compilers).
+    """
+    want = os.environ.get("FASTBN_KERNELS", "").strip().lower() or "auto"
+    if want not in KERNEL_BUILDS:
+        raise ValueError(f"FASTBN_KERNELS must be one of {', '.join(KERNEL_BUILDS)}, "
+                         f"got {want!r}")
+    if want == "baseline":
+        return _bn_baseline
+    if _bn_baseline.cpu_has_avx2_fma():
+        try:
+            from . import _bn_avx2
+        except ImportError:
+            if want == "avx2":
+                raise
+        else:
+            if _bn_avx2.kernel_isa() == "avx2":
+                return _bn_avx2
+    if want == "avx2":
+        raise RuntimeError("FASTBN_KERNELS=avx2, but this CPU or build has no AVX2+FMA "
+                           "kernels")
+    return _bn_baseline
+
+
+# the kernel module every call below goes through (a module attribute, so
+# tests can patch it)
+_bn = _select_kernels()
+KERNEL_ISA = _bn.kernel_isa()
 
 
 class BatchNormCache:
@@ -120,10 +158,8 @@ def _forward(p, bn_param, out, spatial):
     else:
         mean = running_mean.astype(F64)
         invstd = 1.0 / np.sqrt(running_var.astype(F64) + p.eps)
-        alpha = gamma * invstd
-        shift = beta - mean * alpha
-        kernel = _bn.rows_affine if rows else _bn.chans_affine
-        kernel(x_view, alpha, shift, out_view, nthreads)
+        kernel = _bn.rows_normalize if rows else _bn.chans_normalize
+        kernel(x_view, mean, gamma * invstd, beta.astype(F64), out_view, nthreads)
 
     if staged is not None:
         np.copyto(result, staged)

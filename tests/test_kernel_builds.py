@@ -1,0 +1,85 @@
+"""Both builds of the kernel module (baseline x86-64 and AVX2+FMA) agree with the reference.
+
+The top-level tests run whichever build ``fastbn.compiled`` selected; these
+run each build the CPU can execute on the same generated cases, so the one
+not selected here is tested too.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastbn import compiled, reference
+from conftest import TOL, make_case, with_layout
+
+
+def _builds():
+    out = [pytest.param("_bn", id="baseline")]
+    base = importlib.import_module("fastbn._bn")
+    avx2 = pytest.param("_bn_avx2", id="avx2")
+    try:
+        importlib.import_module("fastbn._bn_avx2")
+        if not base.cpu_has_avx2_fma():
+            avx2 = pytest.param("_bn_avx2", id="avx2", marks=pytest.mark.skip("CPU lacks AVX2/FMA"))
+    except ImportError:
+        avx2 = pytest.param("_bn_avx2", id="avx2", marks=pytest.mark.skip("not built"))
+    return out + [avx2]
+
+
+@pytest.fixture(params=_builds())
+def build(request, monkeypatch):
+    mod = importlib.import_module(f"fastbn.{request.param}")
+    monkeypatch.setattr(compiled, "_bn", mod)
+    return mod
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,layout", [
+    ((37, 19), "C"), ((37, 19), "F"), ((300, 5), "strided"),
+    ((5, 3, 7, 9), "C"), ((4, 6, 5, 3), "channels_last"), ((3, 2, 33, 35), "C"),
+])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_build_matches_reference(build, rng, dtype, shape, layout, offset):
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=offset)
+    x, dout = with_layout(x, layout), with_layout(dout, layout)
+    spatial = x.ndim == 4
+    fwd = "spatial_batchnorm_forward" if spatial else "batchnorm_forward"
+    bwd = "spatial_batchnorm_backward" if spatial else "batchnorm_backward"
+    x64, g64, b64, d64 = (a.astype(np.float64) for a in (x, gamma, beta, dout))
+    want, rcache = getattr(reference, fwd)(x64, g64, b64, {"mode": "train"})
+    dwant = getattr(reference, bwd)(d64, rcache)
+    bp = {"mode": "train"}
+    got, cache = getattr(compiled, fwd)(x, gamma, beta, bp)
+    dgot = getattr(compiled, bwd)(dout, cache)
+    assert got.dtype == dtype
+    # float32 results are judged on the scale of the normalized output, not of x
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+    for g, w in zip(dgot, dwant):
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
+                                   atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+
+
+def test_build_reports_its_isa(build):
+    assert build.kernel_isa() == ("avx2" if build.__name__.endswith("avx2") else "baseline")
+
+
+def _selected(env_value):
+    env = dict(os.environ, FASTBN_KERNELS=env_value)
+    return subprocess.run([sys.executable, "-c", "from fastbn import compiled; "
+                           "print(compiled.KERNEL_ISA)"],
+                          env=env, capture_output=True, text=True)
+
+
+def test_fastbn_kernels_env_forces_baseline():
+    r = _selected("baseline")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "baseline"
+
+
+def test_fastbn_kernels_env_rejects_unknown_value():
+    r = _selected("sse9")
+    assert r.returncode != 0
+    assert "FASTBN_KERNELS" in r.stderr
