@@ -19,7 +19,9 @@ SUBCOMMANDS = {
 
 
 def _build_parser(argv):
-    parser = argparse.ArgumentParser(prog="fastbn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fastbn",
+        description="fastbn: fast batch normalization for NumPy; experiments, checks and benchmarks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Only import the module of the subcommand being run.
