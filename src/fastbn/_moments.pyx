@@ -23,8 +23,8 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _chan_affine, _chan_dx, _chan_grad_sums, _chan_sums, _channel_split,
-    _dx_coefficients, _row_chunks, _rows_affine, _rows_dx, _rows_grad_sums,
+    _chan_dx, _chan_grad_sums, _chan_normalize, _chan_sums, _channel_split,
+    _dx_coefficients, _row_chunks, _rows_dx, _rows_grad_sums, _rows_normalize,
     _rows_sums,
 )
 
@@ -230,9 +230,13 @@ def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
 # Apply-steps: elementwise, with per-feature float64 coefficients.
 # --------------------------------------------------------------------------
 
-def rows_affine(const floating[:, :] x, const double[::1] alpha,
-                const double[::1] shift, floating[:, :] out, int nthreads):
-    """out = x * alpha + shift per column of an (R, D) view."""
+def rows_normalize(const floating[:, :] x, const double[::1] mean,
+                   const double[::1] alpha, const double[::1] beta, floating[:, :] out,
+                   int nthreads):
+    """out = (x - mean) * alpha + beta per column of an (R, D) view.
+
+    Centred, as the fused forward: no cancellation for data far from zero.
+    """
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -243,13 +247,14 @@ def rows_affine(const floating[:, :] x, const double[::1] alpha,
     cdef floating* yp = &out[0, 0]
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_affine(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                         &alpha[0], &shift[0])
+            _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                            &mean[0], &alpha[0], &beta[0])
 
 
-def chans_affine(const floating[:, :, :] x, const double[::1] alpha,
-                 const double[::1] shift, floating[:, :, :] out, int nthreads):
-    """out = x * alpha + shift per channel of an (A, C, B) view."""
+def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
+                    const double[::1] alpha, const double[::1] beta,
+                    floating[:, :, :] out, int nthreads):
+    """out = (x - mean) * alpha + beta per channel of an (A, C, B) view."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -266,8 +271,9 @@ def chans_affine(const floating[:, :, :] x, const double[::1] alpha,
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
-            _chan_affine(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                         s * L // split, (s + 1) * L // split, alpha[c], shift[c])
+            _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
+                            s * L // split, (s + 1) * L // split, mean[c], alpha[c],
+                            beta[c])
 
 
 def dx_coefficients(const double[::1] sdy, const double[::1] sdyx, double count,

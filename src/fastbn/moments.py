@@ -164,7 +164,10 @@ def finish_moments(m, eps):
 
 
 def apply_affine(x, mean, invstd, gamma, beta, spatial=False, out=None):
-    """``out = gamma * (x - mean) * invstd + beta`` with given statistics.
+    """``out = (x - mean) * (gamma * invstd) + beta`` with given statistics.
+
+    Centred like the fused forward, so data far from zero lose nothing to
+    cancellation.
 
     Parameters
     ----------
@@ -184,12 +187,12 @@ def apply_affine(x, mean, invstd, gamma, beta, spatial=False, out=None):
     D = x.shape[1]
     mean, invstd = _f64_vector(mean, "mean", D), _f64_vector(invstd, "invstd", D)
     alpha = _f64_vector(gamma, "gamma", D) * invstd
-    shift = _f64_vector(beta, "beta", D) - mean * alpha
+    beta = _f64_vector(beta, "beta", D)
     rows = _uses_rows(x, spatial)
     result, out_view, staged = _output(x, out, "out", rows, spatial, x)
     if x.size:
-        kernel = _moments.rows_affine if rows else _moments.chans_affine
-        kernel(_view(x, rows, spatial), alpha, shift, out_view, threads_for(x.size))
+        kernel = _moments.rows_normalize if rows else _moments.chans_normalize
+        kernel(_view(x, rows, spatial), mean, alpha, beta, out_view, threads_for(x.size))
     if staged is not None:
         np.copyto(result, staged)
     return result
