@@ -9,15 +9,12 @@ The net is ``fastbn.models.FullyConnectedNet`` of the ``depth`` experiment
 (five hidden layers of 100 with batch norm, Adam, lr 1e-3, batch 50) on
 scikit-learn's digits.  Every step all processes draw the same global
 minibatch (same seed), each takes its own rows (uneven slices when the batch
-does not divide, empty ones when there are more processes than rows), and:
-
-* batch norm runs :mod:`fastbn.distributed` (statistics of the global batch),
-* the loss is the mean over the *global* batch, so each process scales its
-  gradient by ``1 / batch_size``,
-* gradients of W and b are summed across processes in one ``Allreduce``;
-  gamma and beta gradients come out of the synchronized backward already
-  global,
-* every process applies the same Adam step, so the parameters stay equal.
+does not divide, empty ones when there are more processes than rows), and
+:class:`fastbn.data_parallel.DataParallelNet` computes the global batch's loss
+and gradients from them: synchronized batch norm (:mod:`fastbn.distributed`),
+then one ``Allreduce`` of the W/b gradients.  Every process applies the same
+Adam step, so the parameters stay equal.  (``fastbn experiment depth --ranks
+K`` does the same through the Solver.)
 
 With ``--check`` rank 0 then trains the same net single-process (the plain
 ``FullyConnectedNet.loss`` on whole minibatches) and compares the loss
@@ -35,7 +32,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fastbn import optim
-from fastbn.distributed import sync_batchnorm_backward, sync_batchnorm_forward
+from fastbn.data_parallel import DataParallelNet
 from fastbn.models import FullyConnectedNet
 
 
@@ -73,59 +70,6 @@ def load(args):
     return X.reshape(len(X), -1).astype(args.dtype), y
 
 
-# -- the net's loss with synchronized batch norm ------------------------------
-
-def ddp_loss(model, X, y, global_batch, comm):
-    """Loss of the *global* minibatch and this process's share of the gradients.
-
-    Same layers as ``FullyConnectedNet.loss`` (affine - batchnorm - relu, ...,
-    affine - softmax), written out so batch norm can be the synchronized one.
-    The returned loss and W/b gradients are this process's *contributions*
-    (sum them across processes); gamma/beta gradients are already global.
-    """
-    p, L = model.params, model.num_layers
-    caches, h = [], X
-    for k in range(1, L):
-        a = h @ p[f"W{k}"] + p[f"b{k}"]
-        an, bn_cache = sync_batchnorm_forward(a, p[f"gamma{k}"], p[f"beta{k}"],
-                                              model.bn_params[k - 1], comm=comm)
-        caches.append((h, bn_cache, an))
-        h = np.maximum(an, 0)
-    scores = h @ p[f"W{L}"] + p[f"b{L}"]
-
-    # softmax cross-entropy, averaged over the global batch
-    shifted = scores - scores.max(axis=1, keepdims=True) if len(scores) else scores
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    rows = np.arange(len(y))
-    loss = -log_probs[rows, y].sum() / global_batch
-    dscores = np.exp(log_probs)
-    dscores[rows, y] -= 1
-    dscores /= global_batch
-
-    grads = {f"W{L}": h.T @ dscores, f"b{L}": dscores.sum(axis=0)}
-    dh = dscores @ p[f"W{L}"].T
-    for k in range(L - 1, 0, -1):
-        h_in, bn_cache, an = caches[k - 1]
-        da = np.where(an > 0, dh, 0).astype(dh.dtype)
-        da, grads[f"gamma{k}"], grads[f"beta{k}"] = sync_batchnorm_backward(da, bn_cache)
-        grads[f"W{k}"], grads[f"b{k}"] = h_in.T @ da, da.sum(axis=0)
-        dh = da @ p[f"W{k}"].T
-    return loss, grads
-
-
-def allreduce_grads(grads, loss, comm):
-    """Sum the W/b gradients and the loss over processes: one Allreduce."""
-    keys = sorted(k for k in grads if k[0] in "Wb")
-    flat = np.concatenate([grads[k].ravel().astype(np.float64) for k in keys] + [[loss]])
-    comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-    start = 0
-    for k in keys:
-        n = grads[k].size
-        grads[k] = flat[start:start + n].reshape(grads[k].shape).astype(grads[k].dtype)
-        start += n
-    return float(flat[-1])
-
-
 # -- training ----------------------------------------------------------------
 
 def make_model(args, input_dim):
@@ -141,31 +85,22 @@ def batches(args, num_train):
         yield rng.choice(num_train, args.batch_size)
 
 
-def my_rows(batch_size, rank, size):
-    """This process's rows of a minibatch: contiguous, sizes differ by at most 1."""
-    cuts = np.linspace(0, batch_size, size + 1).round().astype(int)
-    return slice(cuts[rank], cuts[rank + 1])
-
-
 def adam_step(model, grads, configs):
     for k, w in model.params.items():
         model.params[k], configs[k] = optim.adam(w, grads[k], configs[k])
 
 
 def train_ddp(args, X, y, comm):
-    model = make_model(args, X.shape[1])
+    """The same loop as :func:`train_single`, with the model wrapped."""
+    model = DataParallelNet(make_model(args, X.shape[1]), comm)
     configs = {k: {"learning_rate": args.lr} for k in model.params}
-    rows = my_rows(args.batch_size, comm.Get_rank(), comm.Get_size())
-    losses, comm_s = [], 0.0
+    losses = []
     start = time.perf_counter()
     for idx in batches(args, len(X)):
-        local = idx[rows]
-        loss, grads = ddp_loss(model, X[local], y[local], args.batch_size, comm)
-        t0 = time.perf_counter()
-        losses.append(allreduce_grads(grads, loss, comm))
-        comm_s += time.perf_counter() - t0
+        loss, grads = model.loss(X[idx], y[idx])    # this process computes its rows only
+        losses.append(loss)
         adam_step(model, grads, configs)
-    return model, losses, time.perf_counter() - start, comm_s
+    return model, losses, time.perf_counter() - start
 
 
 def train_single(args, X, y):
@@ -184,7 +119,7 @@ def main(argv=None):
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     X, y = load(args)
-    model, losses, seconds, comm_s = train_ddp(args, X, y, comm)
+    model, losses, seconds = train_ddp(args, X, y, comm)
 
     # the parameters must be the same on every process
     digest = np.array([sum(float(np.sum(v, dtype=np.float64)) for v in model.params.values())])
@@ -194,8 +129,7 @@ def main(argv=None):
     status = 0
     if rank == 0:
         print(f"{size} process(es), {args.iters} steps of a global batch of "
-              f"{args.batch_size}: {seconds:.2f} s ({comm_s:.2f} s in the gradient "
-              f"all-reduce); loss {losses[0]:.4f} -> {losses[-1]:.4f}; parameters "
+              f"{args.batch_size}: {seconds:.2f} s; loss {losses[0]:.4f} -> {losses[-1]:.4f}; parameters "
               f"{'identical' if in_sync else 'DIFFERENT'} on all processes")
         status |= not in_sync
         result = {"ranks": size, "ddp_loss": losses}

@@ -7,6 +7,7 @@ asserts they all passed.  Skipped, with the reason shown, only when no
 """
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -88,6 +90,27 @@ def test_ddp_example_loss_curve_matches_single_process(nprocs, extra):
     assert proc.returncode == 0, report
     assert "parameters identical on all processes" in proc.stdout, report
     assert "(OK," in proc.stdout, report
+
+
+@needs_mpi
+def test_experiment_depth_ranks_matches_single_process(tmp_path):
+    """`fastbn experiment depth --ranks 3` relaunches itself under mpirun."""
+    base = [sys.executable, "-m", "fastbn", "experiment", "depth", "--epochs", "1",
+            "--num-train", "150", "--quiet"]
+    runs = {}
+    for ranks in (1, 3):
+        out = tmp_path / f"ranks{ranks}"
+        proc = subprocess.run(base + ["--out", str(out), "--ranks", str(ranks)],
+                              cwd=tmp_path, env=mpi_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        runs[ranks] = json.loads((out / "depth.json").read_text())
+    assert runs[3]["config"]["ranks"] == 3
+    for net in ("batchnorm", "baseline"):
+        single = np.array(runs[1][net]["loss_history"], float)
+        ddp = np.array(runs[3][net]["loss_history"], float)
+        assert single.shape == ddp.shape == (3,)
+        np.testing.assert_allclose(ddp, single, rtol=0, atol=1e-4)
 
 
 def test_import_without_mpi4py_names_the_fix(monkeypatch):

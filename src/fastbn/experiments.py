@@ -40,6 +40,9 @@ def add_arguments(parser):
     sub.required = True
     depth = sub.add_parser("depth", help="deep net with vs without batch norm: loss and "
                                          "accuracy curves (depth.png, depth.json)")
+    depth.add_argument("--ranks", type=_positive_int, default=1, metavar="K",
+                       help="train data-parallel on K MPI processes with synchronized "
+                            "batch norm (needs mpirun and mpi4py; default: 1, no MPI)")
     depth.add_argument("--weight-scale", type=_positive_float, default=2e-2,
                        help="std of the initial weights (default: %(default)s)")
     scale = sub.add_parser("init-scale", help="best accuracy and final loss vs weight "
@@ -185,6 +188,13 @@ def run_depth(args, data, plt):
         "baseline": FullyConnectedNet(hidden_dims, input_dim=input_dim,
                                       weight_scale=args.weight_scale, normalization=None),
     }
+    root = True
+    if getattr(args, "ranks", 1) > 1:
+        # data-parallel worker under mpirun: same seed and data on every process
+        from .data_parallel import DataParallelNet, rank_and_size
+        models = {name: DataParallelNet(m) for name, m in models.items()}
+        root = rank_and_size()[0] == 0
+        args.quiet = args.quiet or not root       # only rank 0 reports
     results, seconds = {}, {}
     for name, model in models.items():
         if not args.quiet:
@@ -199,8 +209,10 @@ def run_depth(args, data, plt):
                          "train_acc_history": solver.train_acc_history,
                          "val_acc_history": solver.val_acc_history}
 
+    if not root:
+        return 0
     results["config"] = _config(args, data, hidden_dims=hidden_dims,
-                                weight_scale=args.weight_scale,
+                                weight_scale=args.weight_scale, ranks=args.ranks,
                                 train_seconds={k: round(v, 3) for k, v in seconds.items()})
     png = os.path.join(args.out, "depth.png")
     _plot_depth(plt, results, png)
@@ -350,8 +362,26 @@ def _plot_init_scale(plt, results, path):
 
 # -- entry point ---------------------------------------------------------------
 
+def _launch_ranks(args):
+    """Re-run this command under ``mpirun -n args.ranks`` (see fastbn.data_parallel)."""
+    from .data_parallel import launch
+    argv = ["experiment", args.experiment]
+    for key, value in vars(args).items():
+        if key in ("command", "experiment") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    try:
+        return launch(args.ranks, argv)
+    except RuntimeError as exc:
+        print(f"fastbn experiment {args.experiment}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def run(args):
     """Run the experiment named by ``args.experiment``; returns the exit status."""
+    if getattr(args, "ranks", 1) > 1 and not os.environ.get("FASTBN_DATA_PARALLEL_WORKER"):
+        return _launch_ranks(args)
     try:
         plt = _pyplot()
         data = load_data(args)
