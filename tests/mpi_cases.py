@@ -159,6 +159,20 @@ def test_statistics_stable_far_from_zero():
     np.testing.assert_allclose(bn["running_mean"] - 1e8, (x - 1e8).mean(0), atol=1e-7)
 
 
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_float32_far_from_zero_matches_single_process(ndim):
+    """float32 at 1e4 + randn: statistics accumulate in float64 on every rank."""
+    sfwd, sbwd, cfwd, cbwd, rfwd, _ = _fns(ndim)
+    rng = np.random.default_rng(9)
+    shape = SHAPES[ndim]
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    gamma, beta = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+    slices = _slices(shape[0], "uneven")
+    out, _ = sfwd(x[slices[RANK]], gamma, beta, {"mode": "train"})
+    out_r, _ = rfwd(x.astype(F64), gamma.astype(F64), beta.astype(F64), {"mode": "train"})
+    np.testing.assert_allclose(_gather_rows(out, slices), out_r, rtol=0, atol=1e-5)
+
+
 def test_numeric_gradient_of_the_distributed_loss():
     """dx of a rank's slice is the gradient of the *global* objective."""
     rng = np.random.default_rng(5)

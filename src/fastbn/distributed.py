@@ -15,6 +15,14 @@ Every process of ``comm`` must make the same calls in the same order (they
 are collective operations), with the same ``gamma``, ``beta`` and
 ``bn_param``.  Local batches may differ in size, and may be empty.
 
+Errors: a malformed argument raises the single-process API's TypeError or
+ValueError *before* any communication.  In the usual SPMD program every
+process passes arguments of the same kind and fails alike; an argument that
+is malformed on some processes only would leave the others waiting in the
+all-reduce (MPI has no way to cancel it).  What legitimately differs between
+processes, the local batch size, is checked after the all-reduce: an empty
+*global* batch raises ValueError on every process together.
+
 Communication per call, with D features (channels):
 
 * train forward: one ``Allreduce`` of ``2*D + 1`` float64 numbers, the
