@@ -29,9 +29,9 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _chan_dx, _chan_grad_sums, _chan_normalize, _chan_sums, _channel_split,
-    _dx_coefficients, _finish_moments, _row_chunks, _rows_dx, _rows_grad_sums,
-    _rows_normalize, _rows_sums,
+    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize, _chan_sums,
+    _channel_split, _finish_moments, _row_chunks, _rows_dx_centered,
+    _rows_grad_sums, _rows_normalize, _rows_sums,
 )
 
 cdef extern from *:
@@ -67,8 +67,26 @@ def kernel_isa():
 
 
 # --------------------------------------------------------------------------
-# Python entry points.  All run without the GIL.
+# Python entry points.  All run without the GIL.  The output passes compute in
+# x's own precision with coefficients from _center_fold; statistics and
+# gradient sums accumulate in float64.
 # --------------------------------------------------------------------------
+
+cdef inline void _dx_centered(double sdy, double sdyx, Py_ssize_t n, double gamma,
+                              double mean, double invstd, bint train, floating* ca,
+                              floating* cb, floating* m, floating* cc) noexcept nogil:
+    """dx = ca*dy + cb*(x - m) + cc: the closed-form batch-norm gradient.
+
+    Train mode: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd.
+    Test mode: mean and invstd are constants of the running statistics, dx = a*dy.
+    """
+    cdef double a = gamma * invstd
+    ca[0] = <floating>a
+    if train:
+        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
+    else:
+        _center_fold(mean, 0.0, 0.0, m, cb, cc)
+
 
 def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                        const floating[::1] beta, double eps, floating[:, :] out,
@@ -84,12 +102,13 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
     cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
-    if part == NULL:
+    cdef double* part = <double*>malloc((2 * nch + 1) * D * sizeof(double))
+    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * D
-    cdef double* alpha = center + D
-    cdef double* bet = alpha + D
     with nogil:
         for j in range(D):
             center[j] = xp[j * sd]
@@ -103,12 +122,13 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                 s1 = s1 + part[2 * t * D + j]
                 s2 = s2 + part[(2 * t + 1) * D + j]
             _finish_moments(s1, s2, R, center[j], eps, &mean[j], &var[j], &invstd[j])
-            alpha[j] = gamma[j] * invstd[j]
-            bet[j] = beta[j]
+            _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
+                         &coef[j], &coef[D + j], &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                            &mean[0], alpha, bet)
+                            coef, coef + D, coef + 2 * D)
     free(part)
+    free(coef)
 
 
 def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
@@ -129,10 +149,12 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
     cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * n_items + C) * sizeof(double))
-    if part == NULL:
+    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* alpha = part + 2 * n_items
     with nogil:
         if split == 1:
             # whole channels: statistics then output while the channel is cached
@@ -140,8 +162,10 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _chan_sums(xp + c * sc, sa, sb, B, 0, L, xp[c * sc], part + 2 * c)
                 _finish_moments(part[2 * c], part[2 * c + 1], L, xp[c * sc], eps,
                                 &mean[c], &var[c], &invstd[c])
+                _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
+                             &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
                 _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0, L,
-                                mean[c], gamma[c] * invstd[c], beta[c])
+                                coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
         else:
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
@@ -156,14 +180,16 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                     s2 = s2 + part[2 * (c * split + s) + 1]
                 _finish_moments(s1, s2, L, xp[c * sc], eps, &mean[c], &var[c],
                                 &invstd[c])
-                alpha[c] = gamma[c] * invstd[c]
+                _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
+                             &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
                 s = it - c * split
                 _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                                s * L // split, (s + 1) * L // split, mean[c], alpha[c],
-                                beta[c])
+                                s * L // split, (s + 1) * L // split,
+                                coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
     free(part)
+    free(coef)
 
 
 def rows_normalize(const floating[:, :] x, const double[::1] mean,
@@ -175,13 +201,20 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
+    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for j in range(D):
+            _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
+                         &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                            &mean[0], &alpha[0], &beta[0])
+                            coef, coef + D, coef + 2 * D)
+    free(coef)
 
 
 def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
@@ -200,13 +233,20 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     cdef Py_ssize_t it, c, s
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for c in range(C):
+            _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
+                         &coef[3 * c + 2])
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
             _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                            s * L // split, (s + 1) * L // split, mean[c], alpha[c],
-                            beta[c])
+                            s * L // split, (s + 1) * L // split,
+                            coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+    free(coef)
 
 
 def rows_backward(const floating[:, :] x, const floating[:, :] dout,
@@ -226,12 +266,12 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
     cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
-    if part == NULL:
+    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* ca = part + 2 * nch * D
-    cdef double* cb = ca + D
-    cdef double* cc = cb + D
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_grad_sums(xp, sr, sd, gp, gr, gd, D, t * R // nch,
@@ -245,12 +285,14 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
                 s2 = s2 + part[(2 * t + 1) * D + j]
             dbeta[j] = <floating>s1
             dgamma[j] = <floating>(s2 * invstd[j])
-            _dx_coefficients(s1, s2, R, gamma[j], mean[j], invstd[j], train,
-                             &ca[j], &cb[j], &cc[j])
+            _dx_centered(s1, s2, R, gamma[j], mean[j], invstd[j], train, &coef[j],
+                         &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_dx(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                     (t + 1) * R // nch, ca, cb, cc)
+            _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                              (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
+                              coef + 3 * D)
     free(part)
+    free(coef)
 
 
 def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
@@ -275,12 +317,12 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef const floating* gp = &dout[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
     cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * n_items + 3 * C) * sizeof(double))
-    if part == NULL:
+    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* ca = part + 2 * n_items
-    cdef double* cb = ca + C
-    cdef double* cc = cb + C
     with nogil:
         if split == 1:
             for c in prange(C, num_threads=nthreads, schedule="static"):
@@ -288,10 +330,12 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                                 mean[c], part + 2 * c)
                 dbeta[c] = <floating>part[2 * c]
                 dgamma[c] = <floating>(part[2 * c + 1] * invstd[c])
-                _dx_coefficients(part[2 * c], part[2 * c + 1], L, gamma[c], mean[c],
-                                 invstd[c], train, &ca[c], &cb[c], &cc[c])
-                _chan_dx(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc, da, db,
-                         B, 0, L, ca[c], cb[c], cc[c])
+                _dx_centered(part[2 * c], part[2 * c + 1], L, gamma[c], mean[c],
+                             invstd[c], train, &coef[4 * c], &coef[4 * c + 1],
+                             &coef[4 * c + 2], &coef[4 * c + 3])
+                _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
+                                  da, db, B, 0, L, coef[4 * c], coef[4 * c + 1],
+                                  coef[4 * c + 2], coef[4 * c + 3])
         else:
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
@@ -307,11 +351,15 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                     s2 = s2 + part[2 * (c * split + s) + 1]
                 dbeta[c] = <floating>s1
                 dgamma[c] = <floating>(s2 * invstd[c])
-                _dx_coefficients(s1, s2, L, gamma[c], mean[c], invstd[c], train,
-                                 &ca[c], &cb[c], &cc[c])
+                _dx_centered(s1, s2, L, gamma[c], mean[c], invstd[c], train,
+                             &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
+                             &coef[4 * c + 3])
             for it in prange(n_items, num_threads=nthreads, schedule="static"):
                 c = it // split
                 s = it - c * split
-                _chan_dx(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc, da, db,
-                         B, s * L // split, (s + 1) * L // split, ca[c], cb[c], cc[c])
+                _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
+                                  da, db, B, s * L // split, (s + 1) * L // split,
+                                  coef[4 * c], coef[4 * c + 1], coef[4 * c + 2],
+                                  coef[4 * c + 3])
     free(part)
+    free(coef)

@@ -149,16 +149,33 @@ cdef inline void _rows_dx(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                 drow[j * xd_] = <floating>(a[j] * grow[j * gd] + b[j] * xrow[j * sd] + c[j])
 
 
+cdef inline void _center_fold(double mean, double scale, double offset,
+                              floating* m, floating* sc,
+                              floating* off) noexcept nogil:
+    """Coefficients to compute ``(x - mean) * scale + offset`` in x's precision.
+
+    The mean is split as ``m + (mean - m)`` with ``m`` representable in x's
+    dtype: ``x - m`` is exact for x near the mean (Sterbenz) and the
+    remainder moves into ``off``.  Every term is then of the size of the
+    result, so float32 arithmetic (twice the vector width of float64) stays
+    within a couple of float32 ulps of the float64 formula, even for data
+    far from zero.  For float64 this is the formula itself.
+    """
+    m[0] = <floating>mean
+    sc[0] = <floating>scale
+    off[0] = <floating>(offset - (mean - <double>m[0]) * scale)
+
+
 cdef inline void _rows_normalize(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                                  floating* y, Py_ssize_t yr, Py_ssize_t yd,
                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                                 const double* mean, const double* alpha,
-                                 const double* beta) noexcept nogil:
-    """y = (x - mean) * alpha + beta, per feature, computed in float64.
+                                 const floating* m, const floating* alpha,
+                                 const floating* beta) noexcept nogil:
+    """y = (x - m) * alpha + beta per feature, coefficients from _center_fold.
 
-    Centred rather than folded into ``x * alpha + shift``: no cancellation
-    between two large terms when the data sit far from zero, and x == mean
-    gives exactly beta with or without fused multiply-adds.
+    Centred rather than folded into ``x * a + b``: no cancellation between
+    two large terms when the data sit far from zero, and x == mean gives
+    exactly beta with or without fused multiply-adds.
     """
     cdef Py_ssize_t i, j
     cdef const floating* xr
@@ -168,10 +185,33 @@ cdef inline void _rows_normalize(const floating* x, Py_ssize_t sr, Py_ssize_t sd
         yrow = y + i * yr
         if sd == 1 and yd == 1:
             for j in range(D):
-                yrow[j] = <floating>((xr[j] - mean[j]) * alpha[j] + beta[j])
+                yrow[j] = (xr[j] - m[j]) * alpha[j] + beta[j]
         else:
             for j in range(D):
-                yrow[j * yd] = <floating>((xr[j * sd] - mean[j]) * alpha[j] + beta[j])
+                yrow[j * yd] = (xr[j * sd] - m[j]) * alpha[j] + beta[j]
+
+
+cdef inline void _rows_dx_centered(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                   const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                   floating* dx, Py_ssize_t xr_, Py_ssize_t xd_,
+                                   Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                   const floating* ca, const floating* cb,
+                                   const floating* m, const floating* cc) noexcept nogil:
+    """dx = ca * dy + cb * (x - m) + cc per feature (cb, m, cc from _center_fold)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xrow
+    cdef const floating* grow
+    cdef floating* drow
+    for i in range(r0, r1):
+        xrow = x + i * sr
+        grow = dy + i * gr
+        drow = dx + i * xr_
+        if sd == 1 and gd == 1 and xd_ == 1:
+            for j in range(D):
+                drow[j] = ca[j] * grow[j] + cb[j] * (xrow[j] - m[j]) + cc[j]
+        else:
+            for j in range(D):
+                drow[j * xd_] = ca[j] * grow[j * gd] + cb[j] * (xrow[j * sd] - m[j]) + cc[j]
 
 
 # A channel slice is the flat range [k0, k1) of its A*B elements, so a
@@ -266,26 +306,60 @@ cdef inline void _chan_affine(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
 cdef inline void _chan_normalize(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                                  floating* y, Py_ssize_t ya, Py_ssize_t yb,
                                  Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
-                                 double mean, double alpha, double beta) noexcept nogil:
-    """y = (x - mean) * alpha + beta over the slice (see _rows_normalize)."""
-    cdef Py_ssize_t k = k0, a, b, b0, b1
+                                 floating m, floating alpha, floating beta) noexcept nogil:
+    """y = (x - m) * alpha + beta over the slice (coefficients from _center_fold).
+
+    Runs through the slice's blocks last to first: the statistics pass just
+    read them first to last, so the most recently read blocks -- the ones
+    most likely still in cache -- are used before the writes evict them.
+    """
+    cdef Py_ssize_t k = k1, a, b, b0, b1
     cdef const floating* p
     cdef floating* q
-    while k < k1:
-        a = k // B
-        b0 = k - a * B
-        b1 = b0 + (k1 - k)
-        if b1 > B:
-            b1 = B
+    while k > k0:
+        a = (k - 1) // B
+        b1 = k - a * B
+        b0 = k0 - a * B
+        if b0 < 0:
+            b0 = 0
         p = x + a * sa
         q = y + a * ya
         if sb == 1 and yb == 1:
             for b in range(b0, b1):
-                q[b] = <floating>((p[b] - mean) * alpha + beta)
+                q[b] = (p[b] - m) * alpha + beta
         else:
             for b in range(b0, b1):
-                q[b * yb] = <floating>((p[b * sb] - mean) * alpha + beta)
-        k += b1 - b0
+                q[b * yb] = (p[b * sb] - m) * alpha + beta
+        k -= b1 - b0
+
+
+cdef inline void _chan_dx_centered(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                                   const floating* dy, Py_ssize_t ga, Py_ssize_t gb,
+                                   floating* dx, Py_ssize_t da, Py_ssize_t db,
+                                   Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                                   floating ca, floating cb, floating m,
+                                   floating cc) noexcept nogil:
+    """dx = ca * dy + cb * (x - m) + cc over the slice, blocks last to first."""
+    cdef Py_ssize_t k = k1, a, b, b0, b1
+    cdef const floating* p
+    cdef const floating* q
+    cdef floating* r
+    while k > k0:
+        a = (k - 1) // B
+        b1 = k - a * B
+        b0 = k0 - a * B
+        if b0 < 0:
+            b0 = 0
+        p = x + a * sa
+        q = dy + a * ga
+        r = dx + a * da
+        if sb == 1 and gb == 1 and db == 1:
+            for b in range(b0, b1):
+                r[b] = ca * q[b] + cb * (p[b] - m) + cc
+        else:
+            for b in range(b0, b1):
+                r[b * db] = ca * q[b * gb] + cb * (p[b * sb] - m) + cc
+        k -= b1 - b0
 
 
 cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
@@ -293,17 +367,20 @@ cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                           floating* dx, Py_ssize_t da, Py_ssize_t db,
                           Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
                           double ca, double cb, double cc) noexcept nogil:
-    """dx = ca * dy + cb * x + cc over the slice, computed in float64."""
-    cdef Py_ssize_t k = k0, a, b, b0, b1
+    """dx = ca * dy + cb * x + cc over the slice, computed in float64.
+
+    Blocks last to first, for the cache reason given in _chan_normalize.
+    """
+    cdef Py_ssize_t k = k1, a, b, b0, b1
     cdef const floating* p
     cdef const floating* q
     cdef floating* r
-    while k < k1:
-        a = k // B
-        b0 = k - a * B
-        b1 = b0 + (k1 - k)
-        if b1 > B:
-            b1 = B
+    while k > k0:
+        a = (k - 1) // B
+        b1 = k - a * B
+        b0 = k0 - a * B
+        if b0 < 0:
+            b0 = 0
         p = x + a * sa
         q = dy + a * ga
         r = dx + a * da
@@ -313,7 +390,7 @@ cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
         else:
             for b in range(b0, b1):
                 r[b * db] = <floating>(ca * q[b * gb] + cb * p[b * sb] + cc)
-        k += b1 - b0
+        k -= b1 - b0
 
 
 # --------------------------------------------------------------------------
