@@ -169,6 +169,31 @@ cdef inline void _center_fold(double mean, double scale, double offset,
 cdef inline void _rows_normalize(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                                  floating* y, Py_ssize_t yr, Py_ssize_t yd,
                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
+                                 const double* mean, const double* alpha,
+                                 const double* beta) noexcept nogil:
+    """y = (x - mean) * alpha + beta, per feature, computed in float64.
+
+    Centred rather than folded into ``x * alpha + shift``: no cancellation
+    between two large terms when the data sit far from zero.  (The batch-norm
+    kernels use _rows_normalize_folded, which computes in x's precision.)
+    """
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef floating* yrow
+    for i in range(r0, r1):
+        xr = x + i * sr
+        yrow = y + i * yr
+        if sd == 1 and yd == 1:
+            for j in range(D):
+                yrow[j] = <floating>((xr[j] - mean[j]) * alpha[j] + beta[j])
+        else:
+            for j in range(D):
+                yrow[j * yd] = <floating>((xr[j * sd] - mean[j]) * alpha[j] + beta[j])
+
+
+cdef inline void _rows_normalize_folded(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                 floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                                  const floating* m, const floating* alpha,
                                  const floating* beta) noexcept nogil:
     """y = (x - m) * alpha + beta per feature, coefficients from _center_fold.
@@ -306,6 +331,31 @@ cdef inline void _chan_affine(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
 cdef inline void _chan_normalize(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                                  floating* y, Py_ssize_t ya, Py_ssize_t yb,
                                  Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
+                                 double mean, double alpha, double beta) noexcept nogil:
+    """y = (x - mean) * alpha + beta over the slice, computed in float64."""
+    cdef Py_ssize_t k = k0, a, b, b0, b1
+    cdef const floating* p
+    cdef floating* q
+    while k < k1:
+        a = k // B
+        b0 = k - a * B
+        b1 = b0 + (k1 - k)
+        if b1 > B:
+            b1 = B
+        p = x + a * sa
+        q = y + a * ya
+        if sb == 1 and yb == 1:
+            for b in range(b0, b1):
+                q[b] = <floating>((p[b] - mean) * alpha + beta)
+        else:
+            for b in range(b0, b1):
+                q[b * yb] = <floating>((p[b * sb] - mean) * alpha + beta)
+        k += b1 - b0
+
+
+cdef inline void _chan_normalize_folded(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
+                                 floating* y, Py_ssize_t ya, Py_ssize_t yb,
+                                 Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
                                  floating m, floating alpha, floating beta) noexcept nogil:
     """y = (x - m) * alpha + beta over the slice (coefficients from _center_fold).
 
@@ -369,7 +419,7 @@ cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                           double ca, double cb, double cc) noexcept nogil:
     """dx = ca * dy + cb * x + cc over the slice, computed in float64.
 
-    Blocks last to first, for the cache reason given in _chan_normalize.
+    Blocks last to first, for the cache reason given in _chan_normalize_folded.
     """
     cdef Py_ssize_t k = k1, a, b, b0, b1
     cdef const floating* p
