@@ -72,12 +72,30 @@ def test_merge_of_any_split_equals_whole(rng, parts, ndim):
         np.testing.assert_allclose(got.m2, whole.m2, rtol=1e-12, atol=1e-12)
 
 
-def test_merge_is_symmetric_to_the_bit(rng):
-    a = M.partial_moments(rng.standard_normal((5, 8)) + 100)
-    b = M.partial_moments(rng.standard_normal((11, 8)) * 3)
-    ab, ba = M.merge_moments(a, b), M.merge_moments(b, a)
-    assert ab.count == ba.count == 16
-    assert np.array_equal(ab.mean, ba.mean) and np.array_equal(ab.m2, ba.m2)
+def _builds():
+    import importlib
+    mods = [importlib.import_module("fastbn._moments")]
+    try:
+        mods.append(importlib.import_module("fastbn._moments_avx2"))
+    except ImportError:
+        pass
+    if not compiled._bn_baseline.cpu_has_avx2_fma():
+        mods = mods[:1]
+    return mods
+
+
+@pytest.mark.parametrize("counts", [(5, 11), (7, 7)])
+def test_merge_is_symmetric_to_the_bit(rng, counts):
+    """In every build, also where the compiler fuses multiply-adds (FMA)."""
+    a = M.pack_moments(M.partial_moments(rng.standard_normal((counts[0], 64)) + 100))
+    b = M.pack_moments(M.partial_moments(rng.standard_normal((counts[1], 64)) * 3))
+    b[5] = a[5]                          # one feature with equal means
+    for mod in _builds():
+        ab, ba = b.copy(), a.copy()
+        mod.merge_packed(a, ab)
+        mod.merge_packed(b, ba)
+        assert ab[0] == sum(counts)
+        assert np.array_equal(ab, ba), mod.__name__
 
 
 def test_merge_with_empty_part_is_identity(rng):
@@ -179,3 +197,29 @@ def test_bad_arguments():
         M.apply_affine(np.zeros((3, 2)), np.zeros(3), np.ones(2), np.ones(2), np.zeros(2))
     with pytest.raises(ValueError, match="count must be positive"):
         M.apply_dx(np.zeros((3, 2)), np.zeros((3, 2)), *[np.ones(2)] * 5, 0)
+
+
+def test_pieces_use_the_build_of_the_fused_kernels():
+    assert M._moments.kernel_isa() == compiled.KERNEL_ISA
+
+
+def test_kernel_builds_agree(rng):
+    """The AVX2 build (when this CPU and compiler have it) computes what the baseline does."""
+    import importlib
+    from fastbn import _moments as base
+    try:
+        avx2 = importlib.import_module("fastbn._moments_avx2")
+    except ImportError:
+        pytest.skip("no AVX2 build of _moments")
+    if avx2.kernel_isa() != "avx2" or not compiled._bn_baseline.cpu_has_avx2_fma():
+        pytest.skip("this CPU or compiler has no AVX2+FMA")
+    x = rng.standard_normal((37, 9)) * 3 + 5
+    dout = rng.standard_normal((37, 9))
+    res = []
+    for mod in (base, avx2):
+        mean, m2 = np.empty(9), np.empty(9)
+        mod.rows_moments(x, mean, m2, 1)
+        sdy, sdyx = np.empty(9), np.empty(9)
+        mod.rows_grad_sums(x, dout, mean, sdy, sdyx, 1)
+        res.append(np.concatenate([mean, m2, sdy, sdyx]))
+    np.testing.assert_allclose(res[1], res[0], rtol=1e-13, atol=1e-13)

@@ -29,6 +29,22 @@ from fastbn._kernels cimport (
 )
 
 
+cdef extern from *:
+    """
+    #if defined(__AVX2__)
+    static const char fastbn_moments_isa[] = "avx2";
+    #else
+    static const char fastbn_moments_isa[] = "baseline";
+    #endif
+    """
+    const char* fastbn_moments_isa
+
+
+def kernel_isa():
+    """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
+    return fastbn_moments_isa.decode()
+
+
 cdef inline void _moments_from_sums(double s1, double s2, double n, double center,
                                     double* mean, double* m2) noexcept nogil:
     """(mean, M2) from sums of x - center and (x - center)**2 over n values."""
@@ -117,15 +133,21 @@ cdef inline void _merge_into(double na, const double* ma, const double* qa,
                              Py_ssize_t D) noexcept nogil:
     """(nb, mb, qb) <- merge of (na, ma, qa) and (nb, mb, qb), Chan et al. (1979).
 
-    mean = (na*ma + nb*mb) / n and M2 = M2a + M2b + delta**2 * na*nb/n with
-    delta = mb - ma.  M2 never subtracts, so no cancellation whatever the
-    data's offset.  Written symmetric in a and b (the weighted-average form of
-    the mean, delta squared) so merge(a, b) and merge(b, a) agree to the bit:
-    a reduction tree combining in either order gives every process the same
-    statistics.  An empty side returns the other side unchanged.
+    With the two sides in a canonical order (1 before 2), per feature::
+
+        mean = m1 + delta * n2/n,   M2 = (q1 + q2) + delta**2 * n1*n2/n,
+        delta = m2 - m1.
+
+    M2 never subtracts, so no cancellation whatever the data's offset.  The
+    canonical order (larger count first, then larger mean, then larger M2)
+    makes merge(a, b) and merge(b, a) run the very same operations, so they
+    agree to the bit even where the compiler fuses multiply-adds (AVX2/FMA
+    builds, arm64): a reduction tree combining in either order gives every
+    process the same statistics.  An empty side returns the other unchanged.
     """
-    cdef double n = na + nb[0], w, delta
+    cdef double n = na + nb[0], w, delta, n1, n2, m1, m2, q1, q2
     cdef Py_ssize_t j
+    cdef bint a_first
     if na == 0.0:
         return
     if nb[0] == 0.0:
@@ -136,9 +158,19 @@ cdef inline void _merge_into(double na, const double* ma, const double* qa,
         return
     w = na * nb[0] / n
     for j in range(D):
-        delta = mb[j] - ma[j]
-        qb[j] = qa[j] + qb[j] + delta * delta * w
-        mb[j] = (na * ma[j] + nb[0] * mb[j]) / n
+        if na != nb[0]:
+            a_first = na > nb[0]
+        elif ma[j] != mb[j]:
+            a_first = ma[j] > mb[j]
+        else:
+            a_first = qa[j] >= qb[j]
+        if a_first:
+            n2, m1, m2, q1, q2 = nb[0], ma[j], mb[j], qa[j], qb[j]
+        else:
+            n2, m1, m2, q1, q2 = na, mb[j], ma[j], qb[j], qa[j]
+        delta = m2 - m1
+        mb[j] = m1 + delta * (n2 / n)
+        qb[j] = (q1 + q2) + delta * delta * w
     nb[0] = n
 
 
