@@ -14,7 +14,9 @@ and backward likewise: per-feature partial sums ``sum(dy)`` and
 
 Every loop here is one of the inline loops of ``_kernels.pxd`` that the
 fused kernels run, so the pieces compute exactly what the fused path
-computes; only the hand-out of slices to threads is repeated.  The Python
+computes; only the hand-out of slices to threads is repeated, and the dx
+coefficients (``_dx_centered``, private to ``_bn.pyx``) as ``_dx_coefs``,
+taking the count as a double because it is the global one.  The Python
 layer (``fastbn.moments``) validates arguments and picks the row or channel
 view; these functions assume non-empty, shape-consistent arguments.
 """
@@ -23,8 +25,8 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _chan_dx, _chan_grad_sums, _chan_normalize, _chan_sums, _channel_split,
-    _dx_coefficients, _row_chunks, _rows_dx, _rows_grad_sums, _rows_normalize,
+    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize, _chan_sums,
+    _channel_split, _row_chunks, _rows_dx_centered, _rows_grad_sums, _rows_normalize,
     _rows_sums,
 )
 
@@ -267,20 +269,28 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
                    int nthreads):
     """out = (x - mean) * alpha + beta per column of an (R, D) view.
 
-    Centred, as the fused forward: no cancellation for data far from zero.
+    Centred and in x's precision with split-mean coefficients
+    (``_center_fold``), exactly as the fused forward's output pass.
     """
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
+    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for j in range(D):
+            _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
+                         &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                            &mean[0], &alpha[0], &beta[0])
+                            coef, coef + D, coef + 2 * D)
+    free(coef)
 
 
 def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
@@ -299,35 +309,45 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     cdef Py_ssize_t it, c, s
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
+    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for c in range(C):
+            _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
+                         &coef[3 * c + 2])
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
             _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                            s * L // split, (s + 1) * L // split, mean[c], alpha[c],
-                            beta[c])
+                            s * L // split, (s + 1) * L // split,
+                            coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+    free(coef)
 
 
-def dx_coefficients(const double[::1] sdy, const double[::1] sdyx, double count,
-                    const double[::1] gamma, const double[::1] mean,
-                    const double[::1] invstd, bint train, double[::1] ca,
-                    double[::1] cb, double[::1] cc):
-    """Per-feature (a, b, c) with dx = a*dout + b*x + c, from (global) sums.
+cdef inline void _dx_coefs(double sdy, double sdyx, double n, double gamma,
+                           double mean, double invstd, bint train, floating* ca,
+                           floating* cb, floating* m, floating* cc) noexcept nogil:
+    """dx = ca*dy + cb*(x - m) + cc from (global) sums over n values.
 
-    ``count`` is the number of values each feature's statistics came from;
-    in a distributed batch that is the global count, not the local one.
+    The fused backward's coefficients (``_dx_centered`` in ``_bn.pyx``), with
+    the count a double: in a distributed batch it is the global count.
+    Train: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd;
+    test: mean and invstd are constants, dx = a*dy.
     """
-    cdef Py_ssize_t D = sdy.shape[0], j
-    with nogil:
-        for j in range(D):
-            _dx_coefficients(sdy[j], sdyx[j], <Py_ssize_t>count, gamma[j], mean[j],
-                             invstd[j], train, &ca[j], &cb[j], &cc[j])
+    cdef double a = gamma * invstd
+    ca[0] = <floating>a
+    if train:
+        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
+    else:
+        _center_fold(mean, 0.0, 0.0, m, cb, cc)
 
 
-def rows_dx(const floating[:, :] x, const floating[:, :] dout,
-            const double[::1] ca, const double[::1] cb, const double[::1] cc,
-            floating[:, :] dx, int nthreads):
-    """dx = ca*dout + cb*x + cc per column of (R, D) views."""
+def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1] gamma,
+            const double[::1] mean, const double[::1] invstd, const double[::1] sdy,
+            const double[::1] sdyx, double count, bint train, floating[:, :] dx,
+            int nthreads):
+    """The input gradient on (R, D) views from per-feature sums over ``count`` values."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -335,20 +355,29 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout,
     cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
+    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for j in range(D):
+            _dx_coefs(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
+                      &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_dx(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                     (t + 1) * R // nch, &ca[0], &cb[0], &cc[0])
+            _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
+                              (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
+                              coef + 3 * D)
+    free(coef)
 
 
 def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
-             const double[::1] ca, const double[::1] cb, const double[::1] cc,
+             const double[::1] gamma, const double[::1] mean, const double[::1] invstd,
+             const double[::1] sdy, const double[::1] sdyx, double count, bint train,
              floating[:, :, :] dx, int nthreads):
-    """dx = ca*dout + cb*x + cc per channel of (A, C, B) views."""
+    """The input gradient on (A, C, B) views from per-channel sums over ``count`` values."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
@@ -365,9 +394,18 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dout[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
+    cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
+    if coef == NULL:
+        raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        for c in range(C):
+            _dx_coefs(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
+                      &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2], &coef[4 * c + 3])
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
-            _chan_dx(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc, da, db,
-                     B, s * L // split, (s + 1) * L // split, ca[c], cb[c], cc[c])
+            _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
+                              da, db, B, s * L // split, (s + 1) * L // split,
+                              coef[4 * c], coef[4 * c + 1], coef[4 * c + 2],
+                              coef[4 * c + 3])
+    free(coef)

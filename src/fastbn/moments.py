@@ -274,16 +274,13 @@ def apply_dx(dout, x, gamma, mean, invstd, sum_dout, sum_dout_xmu, count,
              (mean, "mean"), (invstd, "invstd"))]
     if train and not count > 0:
         raise ValueError(f"count must be positive in train mode, got {count}")
-    ca, cb, cc = np.empty(D, F64), np.empty(D, F64), np.empty(D, F64)
     sdy, sdyx, gamma, mean, invstd = vecs
-    _moments.dx_coefficients(sdy, sdyx, float(count), gamma, mean, invstd, bool(train),
-                             ca, cb, cc)
     rows = _uses_rows(x, spatial)
     result, dx_view, staged = _output(x, dx, "dx", rows, spatial, x, dout)
     if x.size:
         kernel = _moments.rows_dx if rows else _moments.chans_dx
-        kernel(_view(x, rows, spatial), _view(dout, rows, spatial), ca, cb, cc, dx_view,
-               threads_for(x.size))
+        kernel(_view(x, rows, spatial), _view(dout, rows, spatial), gamma, mean, invstd,
+               sdy, sdyx, float(count), bool(train), dx_view, threads_for(x.size))
     if staged is not None:
         np.copyto(result, staged)
     return result
