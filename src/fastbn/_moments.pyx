@@ -25,9 +25,9 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize, _chan_sums,
-    _channel_split, _row_chunks, _rows_dx_centered, _rows_grad_sums, _rows_normalize,
-    _rows_sums,
+    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize_folded,
+    _chan_sums, _channel_split, _row_chunks, _rows_dx_centered, _rows_grad_sums,
+    _rows_normalize_folded, _rows_sums,
 )
 
 
@@ -288,8 +288,8 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
             _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
                          &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_normalize(xp, sr, sd, yp, yr, yd, D, t * R // nch, (t + 1) * R // nch,
-                            coef, coef + D, coef + 2 * D)
+            _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
+                                   (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
     free(coef)
 
 
@@ -319,9 +319,9 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
             s = it - c * split
-            _chan_normalize(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                            s * L // split, (s + 1) * L // split,
-                            coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+            _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
+                                   s * L // split, (s + 1) * L // split,
+                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
     free(coef)
 
 
