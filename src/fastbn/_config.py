@@ -3,14 +3,17 @@
 Precedence: :func:`set_num_threads` > ``FASTBN_NUM_THREADS`` > the OpenMP
 runtime's ``omp_get_max_threads()`` (which follows ``OMP_NUM_THREADS`` and
 threadpoolctl's ``threadpool_limits``).  Small inputs always run on one
-thread: starting a team costs more than it saves below ~32k elements.
+thread: starting a team costs more than it saves below ~128k elements.
 """
 import os
 
 from . import _threads
 
-SERIAL_BELOW = 1 << 15      # elements; below this a kernel runs on one thread
-MIN_PER_THREAD = 1 << 14    # elements each extra thread must have to be worth it
+# Waking an OpenMP team costs ~10 us on a quiet machine and far more on a busy
+# one (a thread that is descheduled stalls the barrier), while a 100x500 batch
+# takes ~20 us on one core: below ~128k elements a kernel runs serially.
+SERIAL_BELOW = 1 << 17      # elements; below this a kernel runs on one thread
+MIN_PER_THREAD = 1 << 16    # elements each extra thread must have to be worth it
 
 _user_threads = None
 

@@ -31,10 +31,13 @@ cdef inline void _rows_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     for j in range(D):
         s1[j] = 0.0
         s2[j] = 0.0
-    if sd == 1:
+    if floating is float and sd == 1:
         # Four rows per sweep: the float64 accumulators are loaded and stored
         # once per four elements, not once per element (with wide rows they
-        # live in L2, and the load/store ports were the bottleneck).
+        # live in L2, and the load/store ports were the bottleneck).  float32
+        # only: with float64 data GCC cannot rule out that x aliases the sums
+        # (7 pointers of one type, too many runtime checks) and would leave
+        # this loop scalar, slower than the plain vectorized one below.
         while i + 4 <= r1:
             a0 = x + i * sr
             a1 = a0 + sr
@@ -78,8 +81,8 @@ cdef inline void _rows_grad_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd
     for j in range(D):
         sdy[j] = 0.0
         sdyx[j] = 0.0
-    if sd == 1 and gd == 1:
-        # two rows per sweep (two inputs each), as in _rows_sums
+    if floating is float and sd == 1 and gd == 1:
+        # two rows per sweep (two inputs each), as in _rows_sums (float32 only)
         while i + 2 <= r1:
             xr = x + i * sr
             b0 = dy + i * gr
