@@ -83,3 +83,24 @@ def test_fastbn_kernels_env_rejects_unknown_value():
     r = _selected("sse9")
     assert r.returncode != 0
     assert "FASTBN_KERNELS" in r.stderr
+
+
+def test_concurrent_calls_from_python_threads(build, rng):
+    """Kernels called from several Python threads at once (the GIL is released
+    inside) give the single-call results, and every call is deregistered."""
+    from concurrent.futures import ThreadPoolExecutor
+    x, gamma, beta, dout = make_case(rng, (8, 16, 40, 40), np.float32, offset=3.0)
+    want, cache = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dwant = compiled.spatial_batchnorm_backward(dout, cache)
+
+    def one(_):
+        out, c = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        return out, compiled.spatial_batchnorm_backward(dout, c)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(12)))
+    for out, grads in results:
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+        for g, w in zip(grads, dwant):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+    assert build._active_calls() == 0

@@ -56,6 +56,45 @@ cdef extern from *:
     const char* fastbn_kernel_isa
 
 
+# Kernel calls in flight in this module.  A call that starts while another
+# runs (Python threads each calling fastbn: the GIL is released in the
+# kernels) takes one thread instead of a full team, so N Python threads use
+# about N cores, not N * nthreads.
+cdef extern from *:
+    """
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static volatile long fastbn_active_calls = 0;
+    static int fastbn_enter(void) { return (int)_InterlockedIncrement(&fastbn_active_calls) - 1; }
+    static void fastbn_leave(void) { _InterlockedDecrement(&fastbn_active_calls); }
+    static int fastbn_active(void) { return (int)fastbn_active_calls; }
+    #else
+    static int fastbn_active_calls = 0;
+    static int fastbn_enter(void) {
+        return __atomic_fetch_add(&fastbn_active_calls, 1, __ATOMIC_RELAXED); }
+    static void fastbn_leave(void) {
+        __atomic_fetch_sub(&fastbn_active_calls, 1, __ATOMIC_RELAXED); }
+    static int fastbn_active(void) {
+        return __atomic_load_n(&fastbn_active_calls, __ATOMIC_RELAXED); }
+    #endif
+    """
+    int fastbn_enter() nogil
+    void fastbn_leave() nogil
+    int fastbn_active() nogil
+
+
+cdef inline int _team(int nthreads) noexcept nogil:
+    """Register a kernel call; its thread count (1 if another call is running)."""
+    if fastbn_enter() > 0:
+        return 1
+    return nthreads
+
+
+def _active_calls():
+    """Kernel calls running right now (for tests)."""
+    return fastbn_active()
+
+
 def cpu_has_avx2_fma():
     """True when the running CPU (and OS) can execute the AVX2+FMA kernels."""
     return bool(fastbn_cpu_has_avx2_fma())
@@ -110,6 +149,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * D
     with nogil:
+        nthreads = _team(nthreads)
         for j in range(D):
             center[j] = xp[j * sd]
         for t in prange(nch, num_threads=nthreads, schedule="static"):
@@ -127,6 +167,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
                                    (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
+    fastbn_leave()
     free(part)
     free(coef)
 
@@ -156,6 +197,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
+        nthreads = _team(nthreads)
         if split == 1:
             # whole channels: statistics then output while the channel is cached
             for c in prange(C, num_threads=nthreads, schedule="static"):
@@ -188,6 +230,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
                                        s * L // split, (s + 1) * L // split,
                                        coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+    fastbn_leave()
     free(part)
     free(coef)
 
@@ -208,12 +251,14 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        nthreads = _team(nthreads)
         for j in range(D):
             _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
                          &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
                                    (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
+    fastbn_leave()
     free(coef)
 
 
@@ -237,6 +282,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        nthreads = _team(nthreads)
         for c in range(C):
             _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
                          &coef[3 * c + 2])
@@ -246,6 +292,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
             _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
                                    s * L // split, (s + 1) * L // split,
                                    coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+    fastbn_leave()
     free(coef)
 
 
@@ -273,6 +320,7 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
+        nthreads = _team(nthreads)
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_grad_sums(xp, sr, sd, gp, gr, gd, D, t * R // nch,
                             (t + 1) * R // nch, &mean[0], part + 2 * t * D,
@@ -291,6 +339,7 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
             _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
                               (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
                               coef + 3 * D)
+    fastbn_leave()
     free(part)
     free(coef)
 
@@ -324,6 +373,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
+        nthreads = _team(nthreads)
         if split == 1:
             for c in prange(C, num_threads=nthreads, schedule="static"):
                 _chan_grad_sums(xp + c * sc, sa, sb, gp + c * gc, ga, gb, B, 0, L,
@@ -361,5 +411,6 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                                   da, db, B, s * L // split, (s + 1) * L // split,
                                   coef[4 * c], coef[4 * c + 1], coef[4 * c + 2],
                                   coef[4 * c + 3])
+    fastbn_leave()
     free(part)
     free(coef)
