@@ -13,10 +13,12 @@ combined before applying; this module exposes the pieces for that:
 >>> out = apply_affine(x_part1, mean, invstd, gamma, beta)
 
 All pieces run the same compiled inner loops as the fused kernels
-(``_kernels.pxd``), accumulate in float64, and accept any strides, the
-``(N, D)`` layout or, with ``spatial=True``, ``(N, C, H, W)``.  Unlike the
-classic API they accept an empty batch (``N == 0``), which contributes
-nothing: a process may hold no samples of a distributed batch.
+(``_kernels.pxd``, in the same AVX2 or baseline build): reductions accumulate
+in float64, apply-steps compute in x's precision with coefficients derived in
+float64 (split-mean centring, as the fused output passes).  They accept any
+strides, the ``(N, D)`` layout or, with ``spatial=True``, ``(N, C, H, W)``.
+Unlike the classic API they accept an empty batch (``N == 0``), which
+contributes nothing: a process may hold no samples of a distributed batch.
 """
 from typing import NamedTuple
 
