@@ -59,7 +59,18 @@ def _compiler_accepts(compiler, flags):
     return True
 
 
+# Parallel Cython and C compilation (pip and `python -m build` give no -j).
+# Not on Windows, where multiprocessing would re-run this file in each worker.
+JOBS = 1 if sys.platform == "win32" else int(os.environ.get("FASTBN_BUILD_JOBS", 0)) or \
+    os.cpu_count() or 1
+
+
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None and JOBS > 1:
+            self.parallel = JOBS
+
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         if ctype == "msvc":
@@ -120,6 +131,7 @@ setup(
         # every .pyx under src/fastbn is one extension module
         [_ext(os.path.splitext(os.path.basename(p))[0])
          for p in sorted(glob.glob("src/fastbn/*.pyx"))],
+        nthreads=JOBS if JOBS > 1 else 0,
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -25,6 +25,8 @@ def test_show_config_dicts_reports_build_and_runtime():
     assert (cfg["openmp"]["version"] is None) is (not fastbn.openmp_enabled())
     assert cfg["threads"] == fastbn.get_num_threads()
     assert cfg["build"]["isa_macros"] == _buildinfo.isa()
+    assert cfg["build"]["kernels"] == fastbn.compiled.KERNEL_ISA
+    assert cfg["build"]["kernels"] in cfg["build"]["kernel_builds"]
     assert cfg["build"]["compiler"] and cfg["build"]["compiler"] != "unknown"
     # the flags header was found and filled in by setup.py
     assert "-O" in cfg["build"]["extra_compile_args"] or "/O" in cfg["build"]["extra_compile_args"]
@@ -46,7 +48,7 @@ def test_show_config_prints_report():
         assert fastbn.show_config() is None
     text = buf.getvalue()
     assert f"fastbn {fastbn.__version__}" in text
-    assert "OpenMP:" in text and "threads:" in text and "kernels ISA:" in text
+    assert "OpenMP:" in text and "threads:" in text and "kernels:" in text
 
 
 def test_show_config_bad_mode_names_argument():
@@ -61,8 +63,15 @@ def test_openmp_flag_agrees_with_binary():
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="x86-64 instruction-set levels")
-def test_isa_macros_include_sse2_on_x86_64():
+def test_baseline_build_is_portable_x86_64():
+    """The baseline modules use nothing beyond SSE2: no -march=native leaks in.
+
+    (The AVX2 build of the kernels is separate and loaded only on CPUs with AVX2.)
+    """
+    from fastbn import _bn
     assert "SSE2" in _buildinfo.isa()
+    assert not {"SSE4.1", "SSE4.2", "AVX", "AVX2", "FMA", "AVX512F"} & set(_buildinfo.isa())
+    assert _bn.kernel_isa() == "baseline"
 
 
 def test_cli_info_prints_show_config(capsys):

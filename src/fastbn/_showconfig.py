@@ -2,15 +2,18 @@
 
 The build facts (compiler, instruction sets, OpenMP) are read from the
 compiled ``_buildinfo`` module, i.e. from the binary itself, not from what
-setup.py meant to do.  The CPU facts come from NumPy's own feature
-detection, so they are the same on Linux, macOS and Windows.
+setup.py meant to do; which build of the batch-norm kernels runs (baseline
+or AVX2+FMA) from :mod:`fastbn.compiled`, which picked it at import.  The
+CPU facts come from NumPy's own feature detection, so they are the same on
+Linux, macOS and Windows.
 """
+import importlib.util
 import platform
 import sys
 
 import numpy as np
 
-from . import _buildinfo
+from . import _buildinfo, compiled
 from ._config import get_num_threads, openmp_enabled
 from ._threads import omp_max_threads
 from ._version import __version__
@@ -68,7 +71,10 @@ def _config():
             "compiler": _buildinfo.compiler(),
             "isa_level": _isa_level(machine, isa),
             "isa_macros": isa,
-            "dispatch": "none: one portable build of each kernel",
+            # batch-norm kernels: the builds installed, and the one in use
+            "kernel_builds": ["baseline"] + (["avx2"] if importlib.util.find_spec(
+                "fastbn._bn_avx2") else []),
+            "kernels": compiled.KERNEL_ISA,
             "compile_command": _buildinfo.compile_command(),
             "extra_compile_args": _buildinfo.extra_compile_args(),
         },
@@ -86,7 +92,8 @@ def show_config(mode: str = "stdout") -> "dict | None":
     """Show how this installed fastbn was built and how it will run.
 
     Reports the version, the compiler and the instruction-set level the
-    kernels were compiled for (read from the binary), whether OpenMP is
+    baseline was compiled for (read from the binary), which build of the
+    batch-norm kernels runs (``'baseline'`` or ``'avx2'``), whether OpenMP is
     compiled in, the thread count a large kernel call will use, the NumPy
     version and the running CPU's features.  ``fastbn info`` prints the same.
 
@@ -114,8 +121,9 @@ def show_config(mode: str = "stdout") -> "dict | None":
         f"{cfg['python']['machine']}",
         f"numpy:         {cfg['numpy']['version']}",
         f"compiler:      {b['compiler']}",
-        f"kernels ISA:   {b['isa_level']}; macros: {' '.join(b['isa_macros']) or '-'}",
-        f"dispatch:      {b['dispatch']}",
+        f"baseline ISA:  {b['isa_level']}; macros: {' '.join(b['isa_macros']) or '-'}",
+        f"kernels:       {b['kernels']} build in use (installed: {', '.join(b['kernel_builds'])}; "
+        f"FASTBN_KERNELS picks)",
         f"compile:       {b['compile_command']}",
         f"fastbn flags:  {b['extra_compile_args']}",
         f"OpenMP:        {omp}",
