@@ -90,6 +90,8 @@ def test_every_extension_has_a_matching_stub(name):
     """The .pyi lists exactly the public functions the extension exports."""
     stub = PKG / f"{name}.pyi"
     assert stub.is_file(), f"{name} has no type stub {stub.name}"
+    if name.endswith("_avx2") and not fastbn._bn.cpu_has_avx2_fma():
+        pytest.skip("importing an AVX2 build on a CPU without AVX2 dies of SIGILL")
     tree = ast.parse(stub.read_text())
     stubbed = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     mod = importlib.import_module(f"fastbn.{name}")
