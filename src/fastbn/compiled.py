@@ -183,7 +183,8 @@ def batchnorm_forward(x, gamma, beta, bn_param, out=None):
         The updated running statistics are stored back as new arrays.
     out : ndarray, optional
         Buffer for the result, same shape and dtype as ``x``; must not
-        overlap ``x``.
+        overlap ``x`` (the cache keeps it), ``gamma``, ``beta`` or the
+        running statistics: ``out=x`` is a ValueError.
 
     Returns
     -------
@@ -259,7 +260,8 @@ def batchnorm_backward(dout, cache, dx=None):
     cache : BatchNormCache
         From :func:`batchnorm_forward`.
     dx : ndarray, optional
-        Buffer for the input gradient; must not overlap ``x`` or ``dout``.
+        Buffer for the input gradient; must not overlap ``x``, ``dout`` or
+        ``gamma``.
 
     Returns
     -------
