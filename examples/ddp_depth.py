@@ -20,8 +20,10 @@ With ``--check`` rank 0 then trains the same net single-process (the plain
 ``FullyConnectedNet.loss`` on whole minibatches) and compares the loss
 curves; the script exits 1 if they differ by more than ``--tol``.  They
 agree to rounding, not to the bit: sums run in another order, and Adam
-divides by ``sqrt(v)``, so a gradient that is zero in exact arithmetic (the
-biases feeding batch norm) turns rounding noise into steps of size lr.
+divides by ``sqrt(v) + 1e-8``, so a gradient that is zero in exact arithmetic
+(the biases feeding batch norm) turns float32 rounding noise (~1e-9) into
+steps of a good fraction of lr.  Measured over the default 200 steps: 8e-15
+in float64, 6e-4 in float32 (bitwise equal with one process).
 """
 import argparse
 import json
@@ -53,7 +55,7 @@ def parse_args(argv=None):
                    help="also train single-process on rank 0 and compare the loss curves")
     p.add_argument("--tol", type=float, default=None,
                    help="max |loss difference| allowed by --check "
-                        "(default 1e-6 for float64, 1e-3 for float32)")
+                        "(default 1e-6 for float64, 5e-3 for float32)")
     p.add_argument("--json", metavar="PATH", help="write both loss curves here (rank 0)")
     return p.parse_args(argv)
 
@@ -137,7 +139,7 @@ def main(argv=None):
             _, single = train_single(args, X, y)
             diff = float(np.max(np.abs(np.array(single) - np.array(losses))))
             tol = args.tol if args.tol is not None else \
-                (1e-6 if args.dtype == "float64" else 1e-3)
+                (1e-6 if args.dtype == "float64" else 5e-3)
             ok = diff <= tol
             print(f"single-process loss {single[0]:.4f} -> {single[-1]:.4f}; "
                   f"max |loss difference| over {len(losses)} steps: {diff:.3g} "

@@ -196,6 +196,39 @@ def test_numeric_gradient_of_the_distributed_loss():
     np.testing.assert_allclose(dx, num, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("reg", [0.0, 0.1])
+@pytest.mark.parametrize("normalization", ["batchnorm", None])
+def test_data_parallel_net_gradients_equal_single_process(normalization, reg):
+    """Every gradient of DataParallelNet.loss is the single-process one (float64)."""
+    from fastbn.data_parallel import DataParallelNet
+    from fastbn.models import FullyConnectedNet
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((11, 2, 3)), rng.integers(0, 4, 11)
+
+    def net():
+        np.random.seed(0)
+        return FullyConnectedNet([7, 5], input_dim=6, num_classes=4, reg=reg,
+                                 normalization=normalization, dtype=np.float64,
+                                 weight_scale=0.5)
+
+    single, ddp = net(), DataParallelNet(net())
+    for step in range(2):          # the second step uses the updated running stats too
+        loss1, g1 = single.loss(X, y)
+        loss, g = ddp.loss(X, y)
+        assert sorted(g) == sorted(g1)
+        np.testing.assert_allclose(loss, loss1, rtol=1e-13)
+        for k in g1:
+            assert _same_on_all_ranks(g[k]), k
+            np.testing.assert_allclose(g[k], g1[k], rtol=1e-10, atol=1e-13, err_msg=k)
+        for p in (single.params, ddp.params):
+            for k in p:
+                p[k] = p[k] - 0.1 * (g1[k] if p is single.params else g[k])
+    for bn1, bn in zip(single.bn_params, ddp.model.bn_params):
+        np.testing.assert_allclose(bn["running_mean"], bn1["running_mean"], rtol=1e-12)
+    scores1, scores = single.loss(X), ddp.loss(X)
+    np.testing.assert_allclose(scores, scores1, rtol=1e-10, atol=1e-12)
+
+
 class _CountingComm:
     """A communicator proxy that records every Allreduce."""
 

@@ -129,8 +129,9 @@ class DataParallelNet:
             grads[f"W{k}"], grads[f"b{k}"] = h_in.T @ da, da.sum(axis=0)
             dh = da @ p[f"W{k}"].T
 
-        # one Allreduce: every W/b gradient and the loss
-        keys = [k for k in sorted(grads) if k[0] in "Wb"]
+        # one Allreduce: every W/b gradient and the loss (not gamma/beta: the
+        # synchronized backward already returned their global sums)
+        keys = [f"{w}{k}" for k in range(1, L + 1) for w in ("W", "b")]
         flat = np.concatenate([grads[k].ravel().astype(np.float64) for k in keys]
                               + [np.array([loss], np.float64)])
         self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
