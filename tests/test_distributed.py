@@ -127,3 +127,17 @@ def test_fastbn_imports_without_touching_mpi():
                          env=mpi_env(), timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_ranks_without_mpi4py_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    """--ranks K without mpi4py: exit status 2 and the fix, no traceback."""
+    from fastbn import cli
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mpi4py" else _find_spec(name, *a))
+    monkeypatch.delenv("FASTBN_DATA_PARALLEL_WORKER", raising=False)
+    status = cli.main(["experiment", "depth", "--ranks", "2", "--out", str(tmp_path)])
+    assert status == 2
+    assert "pip install mpi4py" in capsys.readouterr().err
+
+
+_find_spec = importlib.util.find_spec

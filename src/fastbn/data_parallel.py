@@ -17,6 +17,7 @@ so every process gets the single-process loss and gradients (to rounding)
 and takes the same optimizer step.  :func:`launch` re-runs a ``fastbn``
 command under ``mpirun``; ``fastbn experiment depth --ranks K`` uses it.
 """
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -148,8 +149,11 @@ class DataParallelNet:
         return loss, grads
 
 
-def mpirun_command(nprocs, threads):
+def mpirun_command(nprocs):
     """``mpirun -n nprocs`` with the flags Open MPI needs here, or a RuntimeError."""
+    if importlib.util.find_spec("mpi4py") is None:
+        raise RuntimeError("--ranks needs mpi4py: pip install mpi4py (and an MPI library, "
+                           "e.g. apt-get install openmpi-bin libopenmpi-dev)")
     mpirun = shutil.which("mpirun") or shutil.which("mpiexec")
     if mpirun is None:
         raise RuntimeError("mpirun not found: install an MPI library, e.g. "
@@ -176,5 +180,5 @@ def launch(nprocs, fastbn_argv):
     threads = str(max(1, (os.cpu_count() or 1) // nprocs))
     env = dict(os.environ, OMP_NUM_THREADS=threads, FASTBN_NUM_THREADS=threads)
     env[WORKER_ENV] = "1"
-    cmd = mpirun_command(nprocs, threads) + [sys.executable, "-m", "fastbn", *fastbn_argv]
+    cmd = mpirun_command(nprocs) + [sys.executable, "-m", "fastbn", *fastbn_argv]
     return subprocess.call(cmd, env=env)
