@@ -3,8 +3,10 @@
 Every implementation runs on the same arrays, interleaved round by round
 (fastbn, torch, reference, stream, fastbn, ...), so load from other processes
 hits all of them alike and the ratios stay meaningful on a busy machine.
-The reported time is the best of ``--repeat`` rounds (noise only ever adds
-time); the median is kept in the JSON too.
+Each round runs every implementation for a burst of calls (at least 3 and
+20 ms, after a 30 ms pause: see :func:`time_interleaved`), and the reported
+time is the best call (noise only ever adds time); the median is kept in the
+JSON too.
 
 What is timed, per shape and direction:
 
@@ -138,11 +140,19 @@ def implementations(case, direction, torch=None, which=IMPLS):
     return out
 
 
-def time_interleaved(fns, repeat, slow=(), slow_repeat=None):
-    """Time each callable ``repeat`` times, round-robin; per name, a list of seconds.
+def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=3, burst_s=0.02,
+                     settle_s=0.03):
+    """Time the callables round-robin: ``repeat`` rounds, a burst of calls each.
 
-    Names in ``slow`` (the NumPy reference) run only in the first
-    ``slow_repeat`` rounds, interleaved with the others all the same.
+    Returns, per name, the list of single-call times in seconds.  In each
+    round an implementation runs at least ``burst`` calls and for at least
+    ``burst_s`` seconds, after a pause of ``settle_s``.  The pause matters when
+    torch is loaded: it ships its own OpenMP runtime, and an OpenMP runtime's
+    idle workers spin for a while after each parallel call (libgomp counts the
+    spin in iterations, so a spinner that shares its core spins for longer);
+    on a 2-core machine the other library's team would find a core taken.
+    Names in ``slow`` (the NumPy reference) run once per round, in the first
+    ``slow_repeat`` rounds.
     """
     slow_repeat = repeat if slow_repeat is None else min(repeat, slow_repeat)
     for fn in fns.values():     # warm up: first-touch allocations, lazy imports
@@ -153,9 +163,18 @@ def time_interleaved(fns, repeat, slow=(), slow_repeat=None):
         for name, fn in fns.items():
             if name in slow and r >= slow_repeat:
                 continue
-            t0 = clock()
-            fn()
-            times[name].append(clock() - t0)
+            if settle_s:
+                time.sleep(settle_s)
+            start = clock()
+            calls = 0
+            while True:
+                t0 = clock()
+                fn()
+                t1 = clock()
+                times[name].append(t1 - t0)
+                calls += 1
+                if name in slow or (calls >= burst and t1 - start >= burst_s):
+                    break
     return times
 
 
@@ -273,7 +292,7 @@ def plot(result, path):
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set_xticks(xs + width * (len(series) - 1) / 2)
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     ax.set_ylabel("speedup of fastbn (x, log scale)")
     ax.set_title(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
                  f"{result['machine']['cpu']}", fontsize=8)
@@ -289,8 +308,9 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for fastbn and torch (default: fastbn.get_num_threads())")
     parser.add_argument("--repeat", type=int, default=20,
-                        help="timed rounds per shape and pass (default 20; the NumPy "
-                             "reference runs in a quarter of them, at least 3)")
+                        help="timed rounds per shape and pass, each a burst of >= 3 calls "
+                             "and >= 20 ms per implementation (default 20; the NumPy "
+                             "reference runs once in a quarter of them, at least 3)")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
                         metavar="SHAPE",
                         help="e.g. 256x4096 64x64x56x56 100x500:f64 (default: the five "
@@ -323,8 +343,8 @@ def run(args):
                            progress=lambda s: print(f"  timing {s}", file=sys.stderr))
     m = result["machine"]
     print(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
-          f"torch {result['torch_version'] or '-'}, {m['cpu']}; best of {args.repeat} "
-          f"interleaved rounds (reference: fewer)")
+          f"torch {result['torch_version'] or '-'}, {m['cpu']}; best call of {args.repeat} "
+          f"interleaved rounds of call bursts (reference: fewer)")
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
