@@ -14,10 +14,12 @@ _Arr = np.ndarray[Any, np.dtype[_F]]
 _F64 = np.ndarray[Any, np.dtype[np.float64]]
 
 def rows_forward_train(x: _Arr[_F], gamma: _Arr[_F], beta: _Arr[_F], eps: float,
-                       out: _Arr[_F], mean: _F64, var: _F64, invstd: _F64,
+                       out: _Arr[_F], stats: _F64, running_mean: _Arr[_F],
+                       running_var: _Arr[_F], momentum: float, new_running: _Arr[_F],
                        nthreads: int) -> None: ...
 def chans_forward_train(x: _Arr[_F], gamma: _Arr[_F], beta: _Arr[_F], eps: float,
-                        out: _Arr[_F], mean: _F64, var: _F64, invstd: _F64,
+                        out: _Arr[_F], stats: _F64, running_mean: _Arr[_F],
+                        running_var: _Arr[_F], momentum: float, new_running: _Arr[_F],
                         nthreads: int) -> None: ...
 def rows_normalize(x: _Arr[_F], mean: _F64, alpha: _F64, beta: _F64, out: _Arr[_F],
                    nthreads: int) -> None: ...

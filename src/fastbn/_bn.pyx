@@ -129,10 +129,19 @@ cdef inline void _dx_centered(double sdy, double sdyx, Py_ssize_t n, double gamm
 
 def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                        const floating[::1] beta, double eps, floating[:, :] out,
-                       double[::1] mean, double[::1] var, double[::1] invstd,
-                       int nthreads):
-    """Train-mode forward on an (R, D) view; fills mean, var, invstd (float64)."""
+                       double[:, ::1] stats, const floating[::1] running_mean,
+                       const floating[::1] running_var, double momentum,
+                       floating[:, ::1] new_running, int nthreads):
+    """Train-mode forward on an (R, D) view.
+
+    Fills ``stats`` (3, D) float64 with mean, var, invstd, and ``new_running``
+    (2, D) with ``momentum * running + (1 - momentum) * batch`` (float64
+    arithmetic) for the running mean and variance.
+    """
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
+    cdef double* mean = &stats[0, 0]
+    cdef double* var = &stats[1, 0]
+    cdef double* invstd = &stats[2, 0]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -167,17 +176,29 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
                                    (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
+        for j in range(D):
+            new_running[0, j] = <floating>(momentum * running_mean[j] +
+                                           (1.0 - momentum) * mean[j])
+            new_running[1, j] = <floating>(momentum * running_var[j] +
+                                           (1.0 - momentum) * var[j])
     fastbn_leave()
     free(part)
     free(coef)
 
 
 def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
-                        const floating[::1] beta, double eps,
-                        floating[:, :, :] out, double[::1] mean, double[::1] var,
-                        double[::1] invstd, int nthreads):
-    """Train-mode forward on an (A, C, B) view; statistics per channel C."""
+                        const floating[::1] beta, double eps, floating[:, :, :] out,
+                        double[:, ::1] stats, const floating[::1] running_mean,
+                        const floating[::1] running_var, double momentum,
+                        floating[:, ::1] new_running, int nthreads):
+    """Train-mode forward on an (A, C, B) view; statistics per channel C.
+
+    ``stats`` and ``new_running`` as for :func:`rows_forward_train`.
+    """
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
+    cdef double* mean = &stats[0, 0]
+    cdef double* var = &stats[1, 0]
+    cdef double* invstd = &stats[2, 0]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
@@ -230,6 +251,11 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
                                        s * L // split, (s + 1) * L // split,
                                        coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+        for c in range(C):
+            new_running[0, c] = <floating>(momentum * running_mean[c] +
+                                           (1.0 - momentum) * mean[c])
+            new_running[1, c] = <floating>(momentum * running_var[c] +
+                                           (1.0 - momentum) * var[c])
     fastbn_leave()
     free(part)
     free(coef)

@@ -149,12 +149,16 @@ def _forward(p, bn_param, out, spatial):
     running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
 
     if p.mode == "train":
-        mean, var, invstd = np.empty(D, F64), np.empty(D, F64), np.empty(D, F64)
+        # the kernel also does the running-statistics update (a dozen small
+        # NumPy calls were most of the time of a call on a small batch)
+        stats = np.empty((3, D), F64)
+        new_running = np.empty((2, D), x.dtype)
         kernel = _bn.rows_forward_train if rows else _bn.chans_forward_train
-        kernel(x_view, gamma, beta, p.eps, out_view, mean, var, invstd, nthreads)
-        m = p.momentum
-        running_mean = (m * running_mean.astype(F64) + (1 - m) * mean).astype(x.dtype)
-        running_var = (m * running_var.astype(F64) + (1 - m) * var).astype(x.dtype)
+        kernel(x_view, gamma, beta, p.eps, out_view, stats,
+               np.ascontiguousarray(running_mean), np.ascontiguousarray(running_var),
+               p.momentum, new_running, nthreads)
+        mean, var, invstd = stats
+        running_mean, running_var = new_running
     else:
         mean = running_mean.astype(F64)
         invstd = 1.0 / np.sqrt(running_var.astype(F64) + p.eps)
