@@ -4,9 +4,9 @@ Every implementation runs on the same arrays, interleaved round by round
 (fastbn, torch, reference, stream, fastbn, ...), so load from other processes
 hits all of them alike and the ratios stay meaningful on a busy machine.
 Each round runs every implementation for a burst of calls (at least 3 and
-20 ms, after a 30 ms pause: see :func:`time_interleaved`), and the reported
-time is the best call (noise only ever adds time); the median is kept in the
-JSON too.
+20 ms, after a 30 ms pause: see :func:`time_interleaved`); the rounds of a
+shape are spread over three sweeps through all shapes; the reported time is
+the best call (noise only ever adds time); the median is kept in the JSON too.
 
 What is timed, per shape and direction:
 
@@ -223,19 +223,36 @@ def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
     }
 
 
-def _measure(shapes, repeat, torch_mod, progress):
+def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
+    """Time every shape and direction; the rounds are spread over ``sweeps``
+    passes through the whole list, so a few seconds of heavy load from other
+    processes cost one sweep of a shape, not all of its rounds."""
+    sweeps = max(1, min(sweeps, repeat))
+    cases = {}
+    times = {}
+    for sweep in range(sweeps):
+        rounds = repeat // sweeps + (sweep < repeat % sweeps)
+        for shape, dtype in shapes:
+            key = (tuple(shape), dtype)
+            if key not in cases:
+                cases[key] = make_case(shape, dtype)
+            for direction in DIRECTIONS:
+                if progress:
+                    progress(f"{shape_label(shape, dtype)} {direction} "
+                             f"(sweep {sweep + 1}/{sweeps})")
+                fns = implementations(cases[key], direction, torch_mod)
+                # the NumPy reference is 10-100x slower: a few rounds pin it down
+                got = time_interleaved(fns, rounds, slow=("reference",),
+                                       slow_repeat=max(1, rounds // 4))
+                acc = times.setdefault((key, direction), {})
+                for name, t in got.items():
+                    acc.setdefault(name, []).extend(t)
     rows = []
     for shape, dtype in shapes:
-        case = make_case(shape, dtype)
+        key = (tuple(shape), dtype)
         for direction in DIRECTIONS:
-            if progress:
-                progress(f"{shape_label(shape, dtype)} {direction}")
-            fns = implementations(case, direction, torch_mod)
-            # the NumPy reference is 10-100x slower: a few rounds pin it down
-            times = time_interleaved(fns, repeat, slow=("reference",),
-                                     slow_repeat=max(3, repeat // 4))
             ms = {name: {"min": 1e3 * min(t), "median": 1e3 * statistics.median(t),
-                         "n": len(t)} for name, t in times.items()}
+                         "n": len(t)} for name, t in times[(key, direction)].items()}
             best = {name: v["min"] for name, v in ms.items()}
             f = best["fastbn"]
             rows.append({
