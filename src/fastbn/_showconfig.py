@@ -30,7 +30,7 @@ _CPU_FEATURES = ["SSE2", "SSE3", "SSE41", "SSE42", "POPCNT", "AVX", "F16C", "FMA
 
 
 def _isa_level(machine, isa):
-    """A name for the instruction-set level the kernels were compiled for."""
+    """A name for the instruction-set level a module was compiled for."""
     have = set(isa)
     if machine.lower() in ("x86_64", "amd64"):
         if "AVX512F" in have:
