@@ -151,27 +151,53 @@ def _kernel_cases():
                     yield name, layout, mode, "backward"
 
 
+def _long_input(spec, layout, call_for, target=0.04, max_elements=2**26):
+    """An input big enough that one kernel call lasts ``target`` seconds.
+
+    The windows must be long next to the OS scheduler's time slices, or on a
+    loaded machine the counting thread may simply not be scheduled inside
+    them; how big that is depends on how fast the kernels are.
+    """
+    block = np.random.default_rng(0).standard_normal((4096, 4)).astype(np.float32)
+    reps = 16
+    while True:
+        flat = np.tile(block, (reps, 1))
+        if spec.ndim == 2:
+            x = flat
+        else:    # (N, 4, H, W), channel values from the block's columns
+            x = flat.T.reshape(4, reps * 16, 16, 16).transpose(1, 0, 2, 3)
+        x = with_layout(x, layout)
+        call = call_for(x)
+        call()                                       # warm up
+        t0 = time.perf_counter()
+        call()
+        took = time.perf_counter() - t0
+        if took >= target or x.size * 2 > max_elements:
+            return call
+        reps = int(reps * min(16, max(2.0, 1.3 * target / max(took, 1e-4))))
+        reps = min(reps, max_elements // block.size)
+
+
 @pytest.mark.parametrize("name,layout,mode,direction", list(_kernel_cases()))
 def test_kernels_release_the_gil(name, layout, mode, direction):
     """Another Python thread keeps running while a kernel works."""
     spec = FORWARD[BACKWARD[name]]
-    shape = (1_000_000, 4) if spec.ndim == 2 else (16, 4, 250, 250)
-    x = with_layout(np.random.default_rng(0).standard_normal(shape).astype(np.float32), layout)
-    G = shape[1]
+    G = 4
     param = {"mode": mode} if spec.running else {}
     fwd = getattr(compiled, spec.name)
-    if direction == "forward":
-        def call():
-            fwd(x, np.ones(G, np.float32), np.zeros(G, np.float32), dict(param))
-    else:
-        _, cache = fwd(x, np.ones(G, np.float32), np.zeros(G, np.float32), dict(param))
+    g, b = np.ones(G, np.float32), np.zeros(G, np.float32)
 
-        def call():
-            getattr(compiled, name)(x, cache)
+    def call_for(x):
+        if direction == "forward":
+            return lambda: fwd(x, g, b, dict(param))
+        _, cache = fwd(x, g, b, dict(param))
+        return lambda: getattr(compiled, name)(x, cache)
+
     # One kernel thread leaves a core for the counting thread: this is about
     # the GIL, not about OpenMP.
     fastbn.set_num_threads(1)
     try:
+        call = _long_input(spec, layout, call_for)
         counts, _ = _progress_during(call, repeats=10, stop_early=True)
     finally:
         fastbn.set_num_threads(None)
