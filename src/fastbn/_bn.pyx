@@ -30,8 +30,9 @@ from cython cimport floating
 
 from fastbn._kernels cimport (
     _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize_folded,
-    _chan_sums, _channel_split, _finish_moments, _row_chunks, _rows_dx_centered,
-    _rows_grad_sums, _rows_normalize_folded, _rows_sums,
+    _chan_sums, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
+    _finish_moments, _row_chunks, _rows_dx_centered, _rows_grad_sums_all,
+    _rows_normalize_folded, _rows_sums_all,
 )
 
 cdef extern from *:
@@ -111,22 +112,6 @@ def kernel_isa():
 # gradient sums accumulate in float64.
 # --------------------------------------------------------------------------
 
-cdef inline void _dx_centered(double sdy, double sdyx, Py_ssize_t n, double gamma,
-                              double mean, double invstd, bint train, floating* ca,
-                              floating* cb, floating* m, floating* cc) noexcept nogil:
-    """dx = ca*dy + cb*(x - m) + cc: the closed-form batch-norm gradient.
-
-    Train mode: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd.
-    Test mode: mean and invstd are constants of the running statistics, dx = a*dy.
-    """
-    cdef double a = gamma * invstd
-    ca[0] = <floating>a
-    if train:
-        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
-    else:
-        _center_fold(mean, 0.0, 0.0, m, cb, cc)
-
-
 def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                        const floating[::1] beta, double eps, floating[:, :] out,
                        double[:, ::1] stats, const floating[::1] running_mean,
@@ -149,28 +134,23 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * nch + 1) * D * sizeof(double))
+    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
     cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * D
+    cdef double* s1 = center + D
+    cdef double* s2 = s1 + D
     with nogil:
         nthreads = _team(nthreads)
         for j in range(D):
             center[j] = xp[j * sd]
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_sums(xp, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
-                       part + 2 * t * D, part + (2 * t + 1) * D)
+        _rows_sums_all(xp, sr, sd, R, D, nch, nthreads, center, part, s1, s2)
         for j in range(D):
-            s1 = 0.0
-            s2 = 0.0
-            for t in range(nch):
-                s1 = s1 + part[2 * t * D + j]
-                s2 = s2 + part[(2 * t + 1) * D + j]
-            _finish_moments(s1, s2, R, center[j], eps, &mean[j], &var[j], &invstd[j])
+            _finish_moments(s1[j], s2[j], R, center[j], eps, &mean[j], &var[j],
+                            &invstd[j])
             _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
                          &coef[j], &coef[D + j], &coef[2 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
@@ -210,13 +190,14 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef Py_ssize_t n_items = C * split, it, c, s
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef double* part = <double*>malloc((2 * n_items + 2 * C) * sizeof(double))
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* s1 = part + 2 * n_items     # per-channel sums when split > 1
+    cdef double* s2 = s1 + C
     with nogil:
         nthreads = _team(nthreads)
         if split == 1:
@@ -230,18 +211,9 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0,
                                        L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
         else:
-            for it in prange(n_items, num_threads=nthreads, schedule="static"):
-                c = it // split
-                s = it - c * split
-                _chan_sums(xp + c * sc, sa, sb, B, s * L // split,
-                           (s + 1) * L // split, xp[c * sc], part + 2 * it)
+            _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
             for c in range(C):
-                s1 = 0.0
-                s2 = 0.0
-                for s in range(split):
-                    s1 = s1 + part[2 * (c * split + s)]
-                    s2 = s2 + part[2 * (c * split + s) + 1]
-                _finish_moments(s1, s2, L, xp[c * sc], eps, &mean[c], &var[c],
+                _finish_moments(s1[c], s2[c], L, xp[c * sc], eps, &mean[c], &var[c],
                                 &invstd[c])
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
@@ -338,29 +310,23 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
     cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* sdy = part + 2 * nch * D
+    cdef double* sdyx = sdy + D
     with nogil:
         nthreads = _team(nthreads)
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_grad_sums(xp, sr, sd, gp, gr, gd, D, t * R // nch,
-                            (t + 1) * R // nch, &mean[0], part + 2 * t * D,
-                            part + (2 * t + 1) * D)
+        _rows_grad_sums_all(xp, sr, sd, gp, gr, gd, R, D, nch, nthreads, &mean[0], part,
+                            sdy, sdyx)
         for j in range(D):
-            s1 = 0.0
-            s2 = 0.0
-            for t in range(nch):
-                s1 = s1 + part[2 * t * D + j]
-                s2 = s2 + part[(2 * t + 1) * D + j]
-            dbeta[j] = <floating>s1
-            dgamma[j] = <floating>(s2 * invstd[j])
-            _dx_centered(s1, s2, R, gamma[j], mean[j], invstd[j], train, &coef[j],
-                         &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
+            dbeta[j] = <floating>sdy[j]
+            dgamma[j] = <floating>(sdyx[j] * invstd[j])
+            _dx_centered(sdy[j], sdyx[j], R, gamma[j], mean[j], invstd[j], train,
+                         &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
                               (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
@@ -391,13 +357,14 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dout[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef double* part = <double*>malloc((2 * n_items + 2 * C) * sizeof(double))
     cdef floating* coef = <floating*>malloc(4 * C * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* sdy = part + 2 * n_items    # per-channel sums when split > 1
+    cdef double* sdyx = sdy + C
     with nogil:
         nthreads = _team(nthreads)
         if split == 1:
@@ -413,21 +380,12 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                                   da, db, B, 0, L, coef[4 * c], coef[4 * c + 1],
                                   coef[4 * c + 2], coef[4 * c + 3])
         else:
-            for it in prange(n_items, num_threads=nthreads, schedule="static"):
-                c = it // split
-                s = it - c * split
-                _chan_grad_sums(xp + c * sc, sa, sb, gp + c * gc, ga, gb, B,
-                                s * L // split, (s + 1) * L // split, mean[c],
-                                part + 2 * it)
+            _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split,
+                                 nthreads, &mean[0], part, sdy, sdyx)
             for c in range(C):
-                s1 = 0.0
-                s2 = 0.0
-                for s in range(split):
-                    s1 = s1 + part[2 * (c * split + s)]
-                    s2 = s2 + part[2 * (c * split + s) + 1]
-                dbeta[c] = <floating>s1
-                dgamma[c] = <floating>(s2 * invstd[c])
-                _dx_centered(s1, s2, L, gamma[c], mean[c], invstd[c], train,
+                dbeta[c] = <floating>sdy[c]
+                dgamma[c] = <floating>(sdyx[c] * invstd[c])
+                _dx_centered(sdy[c], sdyx[c], L, gamma[c], mean[c], invstd[c], train,
                              &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
                              &coef[4 * c + 3])
             for it in prange(n_items, num_threads=nthreads, schedule="static"):

@@ -7,6 +7,7 @@ are handed out.  All loops are ``noexcept nogil`` and take element strides,
 so any layout works; a unit stride gets its own loop so the compiler emits
 contiguous vector loads.
 """
+from cython.parallel cimport prange
 from libc.math cimport sqrt
 from cython cimport floating
 
@@ -160,49 +161,6 @@ cdef inline void _rows_grad_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd
                 sdyx[j] += g * (xr[j * sd] - mean[j])
 
 
-cdef inline void _rows_affine(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
-                              floating* y, Py_ssize_t yr, Py_ssize_t yd,
-                              Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                              const double* alpha,
-                              const double* shift) noexcept nogil:
-    """y = x * alpha + shift, per feature, computed in float64."""
-    cdef Py_ssize_t i, j
-    cdef const floating* xr
-    cdef floating* yrow
-    for i in range(r0, r1):
-        xr = x + i * sr
-        yrow = y + i * yr
-        if sd == 1 and yd == 1:
-            for j in range(D):
-                yrow[j] = <floating>(xr[j] * alpha[j] + shift[j])
-        else:
-            for j in range(D):
-                yrow[j * yd] = <floating>(xr[j * sd] * alpha[j] + shift[j])
-
-
-cdef inline void _rows_dx(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
-                          const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
-                          floating* dx, Py_ssize_t xr_, Py_ssize_t xd_,
-                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                          const double* a, const double* b,
-                          const double* c) noexcept nogil:
-    """dx = a * dy + b * x + c, per feature, computed in float64."""
-    cdef Py_ssize_t i, j
-    cdef const floating* xrow
-    cdef const floating* grow
-    cdef floating* drow
-    for i in range(r0, r1):
-        xrow = x + i * sr
-        grow = dy + i * gr
-        drow = dx + i * xr_
-        if sd == 1 and gd == 1 and xd_ == 1:
-            for j in range(D):
-                drow[j] = <floating>(a[j] * grow[j] + b[j] * xrow[j] + c[j])
-        else:
-            for j in range(D):
-                drow[j * xd_] = <floating>(a[j] * grow[j * gd] + b[j] * xrow[j * sd] + c[j])
-
-
 cdef inline void _center_fold(double mean, double scale, double offset,
                               floating* m, floating* sc,
                               floating* off) noexcept nogil:
@@ -218,31 +176,6 @@ cdef inline void _center_fold(double mean, double scale, double offset,
     m[0] = <floating>mean
     sc[0] = <floating>scale
     off[0] = <floating>(offset - (mean - <double>m[0]) * scale)
-
-
-cdef inline void _rows_normalize(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
-                                 floating* y, Py_ssize_t yr, Py_ssize_t yd,
-                                 Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
-                                 const double* mean, const double* alpha,
-                                 const double* beta) noexcept nogil:
-    """y = (x - mean) * alpha + beta, per feature, computed in float64.
-
-    Centred rather than folded into ``x * alpha + shift``: no cancellation
-    between two large terms when the data sit far from zero.  (The batch-norm
-    kernels use _rows_normalize_folded, which computes in x's precision.)
-    """
-    cdef Py_ssize_t i, j
-    cdef const floating* xr
-    cdef floating* yrow
-    for i in range(r0, r1):
-        xr = x + i * sr
-        yrow = y + i * yr
-        if sd == 1 and yd == 1:
-            for j in range(D):
-                yrow[j] = <floating>((xr[j] - mean[j]) * alpha[j] + beta[j])
-        else:
-            for j in range(D):
-                yrow[j * yd] = <floating>((xr[j * sd] - mean[j]) * alpha[j] + beta[j])
 
 
 cdef inline void _rows_normalize_folded(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -357,56 +290,6 @@ cdef inline void _chan_grad_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb
     out[1] = s2
 
 
-cdef inline void _chan_affine(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
-                              floating* y, Py_ssize_t ya, Py_ssize_t yb,
-                              Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
-                              double alpha, double shift) noexcept nogil:
-    """y = x * alpha + shift over the slice, computed in float64."""
-    cdef Py_ssize_t k = k0, a, b, b0, b1
-    cdef const floating* p
-    cdef floating* q
-    while k < k1:
-        a = k // B
-        b0 = k - a * B
-        b1 = b0 + (k1 - k)
-        if b1 > B:
-            b1 = B
-        p = x + a * sa
-        q = y + a * ya
-        if sb == 1 and yb == 1:
-            for b in range(b0, b1):
-                q[b] = <floating>(p[b] * alpha + shift)
-        else:
-            for b in range(b0, b1):
-                q[b * yb] = <floating>(p[b * sb] * alpha + shift)
-        k += b1 - b0
-
-
-cdef inline void _chan_normalize(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
-                                 floating* y, Py_ssize_t ya, Py_ssize_t yb,
-                                 Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
-                                 double mean, double alpha, double beta) noexcept nogil:
-    """y = (x - mean) * alpha + beta over the slice, computed in float64."""
-    cdef Py_ssize_t k = k0, a, b, b0, b1
-    cdef const floating* p
-    cdef floating* q
-    while k < k1:
-        a = k // B
-        b0 = k - a * B
-        b1 = b0 + (k1 - k)
-        if b1 > B:
-            b1 = B
-        p = x + a * sa
-        q = y + a * ya
-        if sb == 1 and yb == 1:
-            for b in range(b0, b1):
-                q[b] = <floating>((p[b] - mean) * alpha + beta)
-        else:
-            for b in range(b0, b1):
-                q[b * yb] = <floating>((p[b * sb] - mean) * alpha + beta)
-        k += b1 - b0
-
-
 cdef inline void _chan_normalize_folded(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                                  floating* y, Py_ssize_t ya, Py_ssize_t yb,
                                  Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
@@ -466,37 +349,6 @@ cdef inline void _chan_dx_centered(const floating* x, Py_ssize_t sa, Py_ssize_t 
         k -= b1 - b0
 
 
-cdef inline void _chan_dx(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
-                          const floating* dy, Py_ssize_t ga, Py_ssize_t gb,
-                          floating* dx, Py_ssize_t da, Py_ssize_t db,
-                          Py_ssize_t B, Py_ssize_t k0, Py_ssize_t k1,
-                          double ca, double cb, double cc) noexcept nogil:
-    """dx = ca * dy + cb * x + cc over the slice, computed in float64.
-
-    Blocks last to first, for the cache reason given in _chan_normalize_folded.
-    """
-    cdef Py_ssize_t k = k1, a, b, b0, b1
-    cdef const floating* p
-    cdef const floating* q
-    cdef floating* r
-    while k > k0:
-        a = (k - 1) // B
-        b1 = k - a * B
-        b0 = k0 - a * B
-        if b0 < 0:
-            b0 = 0
-        p = x + a * sa
-        q = dy + a * ga
-        r = dx + a * da
-        if sb == 1 and gb == 1 and db == 1:
-            for b in range(b0, b1):
-                r[b] = <floating>(ca * q[b] + cb * p[b] + cc)
-        else:
-            for b in range(b0, b1):
-                r[b * db] = <floating>(ca * q[b * gb] + cb * p[b * sb] + cc)
-        k -= b1 - b0
-
-
 # --------------------------------------------------------------------------
 # Per-feature scalar algebra shared by both loop orders.
 # --------------------------------------------------------------------------
@@ -513,22 +365,22 @@ cdef inline void _finish_moments(double s1, double s2, Py_ssize_t n, double cent
     invstd[0] = 1.0 / sqrt(v + eps)
 
 
-cdef inline void _dx_coefficients(double sdy, double sdyx, Py_ssize_t n,
-                                  double gamma, double mean, double invstd,
-                                  bint train, double* ca, double* cb,
-                                  double* cc) noexcept nogil:
-    """dx = ca*dy + cb*x + cc, the closed-form batch-norm gradient folded."""
-    cdef double a = gamma * invstd, b
-    ca[0] = a
+cdef inline void _dx_centered(double sdy, double sdyx, double n, double gamma,
+                              double mean, double invstd, bint train, floating* ca,
+                              floating* cb, floating* m, floating* cc) noexcept nogil:
+    """dx = ca*dy + cb*(x - m) + cc: the closed-form batch-norm gradient.
+
+    From sums ``sdy = sum(dy)``, ``sdyx = sum(dy * (x - mean))`` over n values
+    (a double: in a distributed batch it is the global count).
+    Train mode: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd.
+    Test mode: mean and invstd are constants of the running statistics, dx = a*dy.
+    """
+    cdef double a = gamma * invstd
+    ca[0] = <floating>a
     if train:
-        # dx = a * (dy - mean(dy) - xhat * mean(dy * xhat))
-        b = -a * invstd * invstd * sdyx / n
-        cb[0] = b
-        cc[0] = -a * sdy / n - b * mean
+        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
     else:
-        # test mode: mean and invstd are constants of the running statistics
-        cb[0] = 0.0
-        cc[0] = 0.0
+        _center_fold(mean, 0.0, 0.0, m, cb, cc)
 
 
 cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:
@@ -548,3 +400,98 @@ cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
     if cap < 1:
         cap = 1
     return split if split < cap else cap
+
+
+# --------------------------------------------------------------------------
+# Whole-view reductions: slices handed to threads, then the threads' partial
+# sums added in a fixed order.  The fused kernels (``_bn``) and the split-up
+# ones (``_moments``) both call these, so they produce the same bits.
+# ``part`` is scratch for the partial sums: 2 * nch * D doubles for the row
+# drivers, 2 * C * split for the channel drivers.
+# --------------------------------------------------------------------------
+
+cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
+                                int nthreads, const double* center, double* part,
+                                double* s1, double* s2) noexcept nogil:
+    """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; nch row chunks."""
+    cdef Py_ssize_t t, j
+    cdef double a, b
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_sums(x, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
+                   part + 2 * t * D, part + (2 * t + 1) * D)
+    for j in range(D):
+        a = 0.0
+        b = 0.0
+        for t in range(nch):
+            a = a + part[2 * t * D + j]
+            b = b + part[(2 * t + 1) * D + j]
+        s1[j] = a
+        s2[j] = b
+
+
+cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                     const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                     Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
+                                     int nthreads, const double* mean, double* part,
+                                     double* sdy, double* sdyx) noexcept nogil:
+    """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
+    cdef Py_ssize_t t, j
+    cdef double a, b
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_grad_sums(x, sr, sd, dy, gr, gd, D, t * R // nch, (t + 1) * R // nch,
+                        mean, part + 2 * t * D, part + (2 * t + 1) * D)
+    for j in range(D):
+        a = 0.0
+        b = 0.0
+        for t in range(nch):
+            a = a + part[2 * t * D + j]
+            b = b + part[(2 * t + 1) * D + j]
+        sdy[j] = a
+        sdyx[j] = b
+
+
+cdef inline void _chans_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
+                                 Py_ssize_t sb, Py_ssize_t B, Py_ssize_t L, Py_ssize_t C,
+                                 Py_ssize_t split, int nthreads, double* part,
+                                 double* s1, double* s2) noexcept nogil:
+    """Per channel c: sums of x - x[c, first] and its squares; each channel in split slices."""
+    cdef Py_ssize_t it, c, s
+    cdef double a, b
+    for it in prange(C * split, num_threads=nthreads, schedule="static"):
+        c = it // split
+        s = it - c * split
+        _chan_sums(x + c * sc, sa, sb, B, s * L // split, (s + 1) * L // split,
+                   x[c * sc], part + 2 * it)
+    for c in range(C):
+        a = 0.0
+        b = 0.0
+        for s in range(split):
+            a = a + part[2 * (c * split + s)]
+            b = b + part[2 * (c * split + s) + 1]
+        s1[c] = a
+        s2[c] = b
+
+
+cdef inline void _chans_grad_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
+                                      Py_ssize_t sb, const floating* dy, Py_ssize_t ga,
+                                      Py_ssize_t gc, Py_ssize_t gb, Py_ssize_t B,
+                                      Py_ssize_t L, Py_ssize_t C, Py_ssize_t split,
+                                      int nthreads, const double* mean, double* part,
+                                      double* sdy, double* sdyx) noexcept nogil:
+    """Per channel c: sum(dy) and sum(dy * (x - mean[c])); each channel in split slices."""
+    cdef Py_ssize_t it, c, s
+    cdef double a, b
+    for it in prange(C * split, num_threads=nthreads, schedule="static"):
+        c = it // split
+        s = it - c * split
+        _chan_grad_sums(x + c * sc, sa, sb, dy + c * gc, ga, gb, B, s * L // split,
+                        (s + 1) * L // split, mean[c], part + 2 * it)
+    for c in range(C):
+        a = 0.0
+        b = 0.0
+        for s in range(split):
+            a = a + part[2 * (c * split + s)]
+            b = b + part[2 * (c * split + s) + 1]
+        sdy[c] = a
+        sdyx[c] = b

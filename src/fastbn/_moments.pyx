@@ -12,22 +12,22 @@ processes (``fastbn.distributed``) the work splits at the reductions:
 and backward likewise: per-feature partial sums ``sum(dy)`` and
 ``sum(dy * (x - mean))``, a sum across processes, then the ``dx`` step.
 
-Every loop here is one of the inline loops of ``_kernels.pxd`` that the
-fused kernels run, so the pieces compute exactly what the fused path
-computes; only the hand-out of slices to threads is repeated, and the dx
-coefficients (``_dx_centered``, private to ``_bn.pyx``) as ``_dx_coefs``,
-taking the count as a double because it is the global one.  The Python
-layer (``fastbn.moments``) validates arguments and picks the row or channel
-view; these functions assume non-empty, shape-consistent arguments.
+The reductions and the dx coefficients are the very functions of
+``_kernels.pxd`` the fused kernels call (``_rows_sums_all``,
+``_chans_grad_sums_all``, ``_dx_centered``, ...), so the pieces compute
+exactly what the fused path computes.  The normalize step needs nothing
+beyond the fused module's ``rows_normalize``/``chans_normalize``, which
+:mod:`fastbn.moments` calls directly.  The Python layer validates arguments
+and picks the row or channel view; these functions assume non-empty,
+shape-consistent arguments.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize_folded,
-    _chan_sums, _channel_split, _row_chunks, _rows_dx_centered, _rows_grad_sums,
-    _rows_normalize_folded, _rows_sums,
+    _chan_dx_centered, _chans_grad_sums_all, _chans_sums_all, _channel_split,
+    _dx_centered, _row_chunks, _rows_dx_centered, _rows_grad_sums_all, _rows_sums_all,
 )
 
 
@@ -72,26 +72,20 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc((2 * nch + 1) * D * sizeof(double))
+    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * D
+    cdef double* s1 = center + D
+    cdef double* s2 = s1 + D
     with nogil:
         for j in range(D):
             center[j] = xp[j * sd]
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_sums(xp, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
-                       part + 2 * t * D, part + (2 * t + 1) * D)
+        _rows_sums_all(xp, sr, sd, R, D, nch, nthreads, center, part, s1, s2)
         for j in range(D):
-            s1 = 0.0
-            s2 = 0.0
-            for t in range(nch):
-                s1 = s1 + part[2 * t * D + j]
-                s2 = s2 + part[(2 * t + 1) * D + j]
-            _moments_from_sums(s1, s2, <double>R, center[j], &mean[j], &m2[j])
+            _moments_from_sums(s1[j], s2[j], <double>R, center[j], &mean[j], &m2[j])
     free(part)
 
 
@@ -104,25 +98,17 @@ def chans_moments(const floating[:, :, :] x, double[::1] mean, double[::1] m2,
     cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t n_items = C * split, it, c, s
+    cdef Py_ssize_t c
     cdef const floating* xp = &x[0, 0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef double* part = <double*>malloc(2 * (C * split + C) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* s1 = part + 2 * C * split
+    cdef double* s2 = s1 + C
     with nogil:
-        for it in prange(n_items, num_threads=nthreads, schedule="static"):
-            c = it // split
-            s = it - c * split
-            _chan_sums(xp + c * sc, sa, sb, B, s * L // split, (s + 1) * L // split,
-                       xp[c * sc], part + 2 * it)
+        _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
         for c in range(C):
-            s1 = 0.0
-            s2 = 0.0
-            for s in range(split):
-                s1 = s1 + part[2 * (c * split + s)]
-                s2 = s2 + part[2 * (c * split + s) + 1]
-            _moments_from_sums(s1, s2, <double>L, xp[c * sc], &mean[c], &m2[c])
+            _moments_from_sums(s1[c], s2[c], <double>L, xp[c * sc], &mean[c], &m2[c])
     free(part)
 
 
@@ -199,26 +185,15 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
-    cdef double s1, s2
     cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_grad_sums(xp, sr, sd, gp, gr, gd, D, t * R // nch,
-                            (t + 1) * R // nch, &mean[0], part + 2 * t * D,
-                            part + (2 * t + 1) * D)
-        for j in range(D):
-            s1 = 0.0
-            s2 = 0.0
-            for t in range(nch):
-                s1 = s1 + part[2 * t * D + j]
-                s2 = s2 + part[(2 * t + 1) * D + j]
-            sdy[j] = s1
-            sdyx[j] = s2
+        _rows_grad_sums_all(xp, sr, sd, gp, gr, gd, R, D, nch, nthreads, &mean[0], part,
+                            &sdy[0], &sdyx[0])
     free(part)
 
 
@@ -235,113 +210,21 @@ def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t n_items = C * split, it, c, s
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dout[0, 0, 0]
-    cdef double s1, s2
-    cdef double* part = <double*>malloc(2 * n_items * sizeof(double))
+    cdef double* part = <double*>malloc(2 * C * split * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
-        for it in prange(n_items, num_threads=nthreads, schedule="static"):
-            c = it // split
-            s = it - c * split
-            _chan_grad_sums(xp + c * sc, sa, sb, gp + c * gc, ga, gb, B,
-                            s * L // split, (s + 1) * L // split, mean[c],
-                            part + 2 * it)
-        for c in range(C):
-            s1 = 0.0
-            s2 = 0.0
-            for s in range(split):
-                s1 = s1 + part[2 * (c * split + s)]
-                s2 = s2 + part[2 * (c * split + s) + 1]
-            sdy[c] = s1
-            sdyx[c] = s2
+        _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split, nthreads,
+                             &mean[0], part, &sdy[0], &sdyx[0])
     free(part)
 
 
 # --------------------------------------------------------------------------
-# Apply-steps: elementwise, with per-feature float64 coefficients.
+# Apply-step of backward: dx from per-feature sums (the normalize step is the
+# fused module's rows_normalize / chans_normalize).
 # --------------------------------------------------------------------------
-
-def rows_normalize(const floating[:, :] x, const double[::1] mean,
-                   const double[::1] alpha, const double[::1] beta, floating[:, :] out,
-                   int nthreads):
-    """out = (x - mean) * alpha + beta per column of an (R, D) view.
-
-    Centred and in x's precision with split-mean coefficients
-    (``_center_fold``), exactly as the fused forward's output pass.
-    """
-    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &out[0, 0]
-    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
-    if coef == NULL:
-        raise MemoryError("fastbn: cannot allocate coefficients")
-    with nogil:
-        for j in range(D):
-            _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
-                         &coef[2 * D + j])
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
-                                   (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
-    free(coef)
-
-
-def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
-                    const double[::1] alpha, const double[::1] beta,
-                    floating[:, :, :] out, int nthreads):
-    """out = (x - mean) * alpha + beta per channel of an (A, C, B) view."""
-    cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ya = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t L = A * B
-    cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t it, c, s
-    cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* yp = &out[0, 0, 0]
-    cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
-    if coef == NULL:
-        raise MemoryError("fastbn: cannot allocate coefficients")
-    with nogil:
-        for c in range(C):
-            _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
-                         &coef[3 * c + 2])
-        for it in prange(C * split, num_threads=nthreads, schedule="static"):
-            c = it // split
-            s = it - c * split
-            _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                                   s * L // split, (s + 1) * L // split,
-                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
-    free(coef)
-
-
-cdef inline void _dx_coefs(double sdy, double sdyx, double n, double gamma,
-                           double mean, double invstd, bint train, floating* ca,
-                           floating* cb, floating* m, floating* cc) noexcept nogil:
-    """dx = ca*dy + cb*(x - m) + cc from (global) sums over n values.
-
-    The fused backward's coefficients (``_dx_centered`` in ``_bn.pyx``), with
-    the count a double: in a distributed batch it is the global count.
-    Train: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd;
-    test: mean and invstd are constants, dx = a*dy.
-    """
-    cdef double a = gamma * invstd
-    ca[0] = <floating>a
-    if train:
-        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
-    else:
-        _center_fold(mean, 0.0, 0.0, m, cb, cc)
-
 
 def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1] gamma,
             const double[::1] mean, const double[::1] invstd, const double[::1] sdy,
@@ -364,7 +247,7 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
         for j in range(D):
-            _dx_coefs(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
+            _dx_centered(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
                       &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
@@ -399,7 +282,7 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
         for c in range(C):
-            _dx_coefs(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
+            _dx_centered(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
                       &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2], &coef[4 * c + 3])
         for it in prange(C * split, num_threads=nthreads, schedule="static"):
             c = it // split
