@@ -30,9 +30,9 @@ from cython cimport floating
 
 from fastbn._kernels cimport (
     _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize_folded,
-    _chan_sums, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
-    _finish_moments, _row_chunks, _rows_dx_centered, _rows_grad_sums_all,
-    _rows_normalize_folded, _rows_sums_all,
+    _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
+    _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
+    _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
 )
 
 cdef extern from *:
@@ -131,7 +131,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
     cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
@@ -153,9 +153,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                             &invstd[j])
             _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
                          &coef[j], &coef[D + j], &coef[2 * D + j])
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
-                                   (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
+        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef)
         for j in range(D):
             new_running[0, j] = <floating>(momentum * running_mean[j] +
                                            (1.0 - momentum) * mean[j])
@@ -187,7 +185,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t n_items = C * split, it, c, s
+    cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
     cdef double* part = <double*>malloc((2 * n_items + 2 * C) * sizeof(double))
@@ -217,12 +215,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                                 &invstd[c])
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-            for it in prange(n_items, num_threads=nthreads, schedule="static"):
-                c = it // split
-                s = it - c * split
-                _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                                       s * L // split, (s + 1) * L // split,
-                                       coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef)
         for c in range(C):
             new_running[0, c] = <floating>(momentum * running_mean[c] +
                                            (1.0 - momentum) * mean[c])
@@ -242,7 +235,7 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
     cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
     cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
@@ -253,9 +246,7 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
         for j in range(D):
             _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
                          &coef[2 * D + j])
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_normalize_folded(xp, sr, sd, yp, yr, yd, D, t * R // nch,
-                                   (t + 1) * R // nch, coef, coef + D, coef + 2 * D)
+        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef)
     fastbn_leave()
     free(coef)
 
@@ -273,7 +264,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t it, c, s
+    cdef Py_ssize_t c
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &out[0, 0, 0]
     cdef floating* coef = <floating*>malloc(3 * C * sizeof(floating))
@@ -284,12 +275,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
         for c in range(C):
             _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
                          &coef[3 * c + 2])
-        for it in prange(C * split, num_threads=nthreads, schedule="static"):
-            c = it // split
-            s = it - c * split
-            _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B,
-                                   s * L // split, (s + 1) * L // split,
-                                   coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+        _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef)
     fastbn_leave()
     free(coef)
 
@@ -306,7 +292,7 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
     cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
@@ -327,10 +313,7 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
             dgamma[j] = <floating>(sdyx[j] * invstd[j])
             _dx_centered(sdy[j], sdyx[j], R, gamma[j], mean[j], invstd[j], train,
                          &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                              (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
-                              coef + 3 * D)
+        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef)
     fastbn_leave()
     free(part)
     free(coef)
@@ -353,7 +336,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t n_items = C * split, it, c, s
+    cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dout[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
@@ -388,13 +371,8 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                 _dx_centered(sdy[c], sdyx[c], L, gamma[c], mean[c], invstd[c], train,
                              &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
                              &coef[4 * c + 3])
-            for it in prange(n_items, num_threads=nthreads, schedule="static"):
-                c = it // split
-                s = it - c * split
-                _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
-                                  da, db, B, s * L // split, (s + 1) * L // split,
-                                  coef[4 * c], coef[4 * c + 1], coef[4 * c + 2],
-                                  coef[4 * c + 3])
+            _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
+                          nthreads, coef)
     fastbn_leave()
     free(part)
     free(coef)

@@ -410,16 +410,11 @@ cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
 # drivers, 2 * C * split for the channel drivers.
 # --------------------------------------------------------------------------
 
-cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
-                                Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
-                                int nthreads, const double* center, double* part,
-                                double* s1, double* s2) noexcept nogil:
-    """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; nch row chunks."""
+cdef inline void _add_row_partials(const double* part, Py_ssize_t nch, Py_ssize_t D,
+                                   double* s1, double* s2) noexcept nogil:
+    """s1[j], s2[j] = sums over chunks t of part[2t*D + j], part[(2t+1)*D + j], in t order."""
     cdef Py_ssize_t t, j
     cdef double a, b
-    for t in prange(nch, num_threads=nthreads, schedule="static"):
-        _rows_sums(x, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
-                   part + 2 * t * D, part + (2 * t + 1) * D)
     for j in range(D):
         a = 0.0
         b = 0.0
@@ -430,39 +425,11 @@ cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         s2[j] = b
 
 
-cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
-                                     const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
-                                     Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
-                                     int nthreads, const double* mean, double* part,
-                                     double* sdy, double* sdyx) noexcept nogil:
-    """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
-    cdef Py_ssize_t t, j
+cdef inline void _add_chan_partials(const double* part, Py_ssize_t C, Py_ssize_t split,
+                                    double* s1, double* s2) noexcept nogil:
+    """s1[c], s2[c] = sums over slices s of part[2(c*split + s)] and the next, in s order."""
+    cdef Py_ssize_t c, s
     cdef double a, b
-    for t in prange(nch, num_threads=nthreads, schedule="static"):
-        _rows_grad_sums(x, sr, sd, dy, gr, gd, D, t * R // nch, (t + 1) * R // nch,
-                        mean, part + 2 * t * D, part + (2 * t + 1) * D)
-    for j in range(D):
-        a = 0.0
-        b = 0.0
-        for t in range(nch):
-            a = a + part[2 * t * D + j]
-            b = b + part[(2 * t + 1) * D + j]
-        sdy[j] = a
-        sdyx[j] = b
-
-
-cdef inline void _chans_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
-                                 Py_ssize_t sb, Py_ssize_t B, Py_ssize_t L, Py_ssize_t C,
-                                 Py_ssize_t split, int nthreads, double* part,
-                                 double* s1, double* s2) noexcept nogil:
-    """Per channel c: sums of x - x[c, first] and its squares; each channel in split slices."""
-    cdef Py_ssize_t it, c, s
-    cdef double a, b
-    for it in prange(C * split, num_threads=nthreads, schedule="static"):
-        c = it // split
-        s = it - c * split
-        _chan_sums(x + c * sc, sa, sb, B, s * L // split, (s + 1) * L // split,
-                   x[c * sc], part + 2 * it)
     for c in range(C):
         a = 0.0
         b = 0.0
@@ -473,6 +440,45 @@ cdef inline void _chans_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc
         s2[c] = b
 
 
+cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
+                                int nthreads, const double* center, double* part,
+                                double* s1, double* s2) noexcept nogil:
+    """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; nch row chunks."""
+    cdef Py_ssize_t t
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_sums(x, sr, sd, D, t * R // nch, (t + 1) * R // nch, center,
+                   part + 2 * t * D, part + (2 * t + 1) * D)
+    _add_row_partials(part, nch, D, s1, s2)
+
+
+cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                     const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                                     Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
+                                     int nthreads, const double* mean, double* part,
+                                     double* sdy, double* sdyx) noexcept nogil:
+    """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
+    cdef Py_ssize_t t
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_grad_sums(x, sr, sd, dy, gr, gd, D, t * R // nch, (t + 1) * R // nch,
+                        mean, part + 2 * t * D, part + (2 * t + 1) * D)
+    _add_row_partials(part, nch, D, sdy, sdyx)
+
+
+cdef inline void _chans_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
+                                 Py_ssize_t sb, Py_ssize_t B, Py_ssize_t L, Py_ssize_t C,
+                                 Py_ssize_t split, int nthreads, double* part,
+                                 double* s1, double* s2) noexcept nogil:
+    """Per channel c: sums of x - x[c, first] and its squares; each channel in split slices."""
+    cdef Py_ssize_t it, c, s
+    for it in prange(C * split, num_threads=nthreads, schedule="static"):
+        c = it // split
+        s = it - c * split
+        _chan_sums(x + c * sc, sa, sb, B, s * L // split, (s + 1) * L // split,
+                   x[c * sc], part + 2 * it)
+    _add_chan_partials(part, C, split, s1, s2)
+
+
 cdef inline void _chans_grad_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
                                       Py_ssize_t sb, const floating* dy, Py_ssize_t ga,
                                       Py_ssize_t gc, Py_ssize_t gb, Py_ssize_t B,
@@ -481,17 +487,69 @@ cdef inline void _chans_grad_sums_all(const floating* x, Py_ssize_t sa, Py_ssize
                                       double* sdy, double* sdyx) noexcept nogil:
     """Per channel c: sum(dy) and sum(dy * (x - mean[c])); each channel in split slices."""
     cdef Py_ssize_t it, c, s
-    cdef double a, b
     for it in prange(C * split, num_threads=nthreads, schedule="static"):
         c = it // split
         s = it - c * split
         _chan_grad_sums(x + c * sc, sa, sb, dy + c * gc, ga, gb, B, s * L // split,
                         (s + 1) * L // split, mean[c], part + 2 * it)
-    for c in range(C):
-        a = 0.0
-        b = 0.0
-        for s in range(split):
-            a = a + part[2 * (c * split + s)]
-            b = b + part[2 * (c * split + s) + 1]
-        sdy[c] = a
-        sdyx[c] = b
+    _add_chan_partials(part, C, split, sdy, sdyx)
+
+
+# --------------------------------------------------------------------------
+# Whole-view apply-steps: the same slices handed to threads, per-feature
+# coefficients from _center_fold / _dx_centered laid out as the callers fill
+# them (rows: one D-vector per coefficient; channels: 3 or 4 per channel).
+# --------------------------------------------------------------------------
+
+cdef inline void _rows_normalize_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                                     floating* y, Py_ssize_t yr, Py_ssize_t yd,
+                                     Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
+                                     int nthreads, const floating* coef) noexcept nogil:
+    """y = (x - m) * alpha + beta with coef = [m(D), alpha(D), beta(D)]; nch row chunks."""
+    cdef Py_ssize_t t
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_normalize_folded(x, sr, sd, y, yr, yd, D, t * R // nch, (t + 1) * R // nch,
+                               coef, coef + D, coef + 2 * D)
+
+
+cdef inline void _chans_normalize_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
+                                      Py_ssize_t sb, floating* y, Py_ssize_t ya,
+                                      Py_ssize_t yc, Py_ssize_t yb, Py_ssize_t B,
+                                      Py_ssize_t L, Py_ssize_t C, Py_ssize_t split,
+                                      int nthreads, const floating* coef) noexcept nogil:
+    """y = (x - m) * alpha + beta per channel, coef[3c:3c+3] = (m, alpha, beta)."""
+    cdef Py_ssize_t it, c, s
+    for it in prange(C * split, num_threads=nthreads, schedule="static"):
+        c = it // split
+        s = it - c * split
+        _chan_normalize_folded(x + c * sc, sa, sb, y + c * yc, ya, yb, B,
+                               s * L // split, (s + 1) * L // split,
+                               coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+
+
+cdef inline void _rows_dx_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
+                              const floating* dy, Py_ssize_t gr, Py_ssize_t gd,
+                              floating* dx, Py_ssize_t dr, Py_ssize_t dd,
+                              Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch, int nthreads,
+                              const floating* coef) noexcept nogil:
+    """dx = ca*dy + cb*(x - m) + cc with coef = [ca(D), cb(D), m(D), cc(D)]; nch row chunks."""
+    cdef Py_ssize_t t
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        _rows_dx_centered(x, sr, sd, dy, gr, gd, dx, dr, dd, D, t * R // nch,
+                          (t + 1) * R // nch, coef, coef + D, coef + 2 * D, coef + 3 * D)
+
+
+cdef inline void _chans_dx_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
+                               Py_ssize_t sb, const floating* dy, Py_ssize_t ga,
+                               Py_ssize_t gc, Py_ssize_t gb, floating* dx, Py_ssize_t da,
+                               Py_ssize_t dc, Py_ssize_t db, Py_ssize_t B, Py_ssize_t L,
+                               Py_ssize_t C, Py_ssize_t split, int nthreads,
+                               const floating* coef) noexcept nogil:
+    """dx = ca*dy + cb*(x - m) + cc per channel, coef[4c:4c+4] = (ca, cb, m, cc)."""
+    cdef Py_ssize_t it, c, s
+    for it in prange(C * split, num_threads=nthreads, schedule="static"):
+        c = it // split
+        s = it - c * split
+        _chan_dx_centered(x + c * sc, sa, sb, dy + c * gc, ga, gb, dx + c * dc, da, db,
+                          B, s * L // split, (s + 1) * L // split,
+                          coef[4 * c], coef[4 * c + 1], coef[4 * c + 2], coef[4 * c + 3])

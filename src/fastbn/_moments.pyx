@@ -21,13 +21,12 @@ beyond the fused module's ``rows_normalize``/``chans_normalize``, which
 and picks the row or channel view; these functions assume non-empty,
 shape-consistent arguments.
 """
-from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _chan_dx_centered, _chans_grad_sums_all, _chans_sums_all, _channel_split,
-    _dx_centered, _row_chunks, _rows_dx_centered, _rows_grad_sums_all, _rows_sums_all,
+    _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
+    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
 )
 
 
@@ -238,7 +237,7 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
     cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
@@ -248,11 +247,8 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
     with nogil:
         for j in range(D):
             _dx_centered(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
-                      &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            _rows_dx_centered(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                              (t + 1) * R // nch, coef, coef + D, coef + 2 * D,
-                              coef + 3 * D)
+                         &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
+        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef)
     free(coef)
 
 
@@ -273,7 +269,7 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
-    cdef Py_ssize_t it, c, s
+    cdef Py_ssize_t c
     cdef const floating* xp = &x[0, 0, 0]
     cdef const floating* gp = &dout[0, 0, 0]
     cdef floating* dp = &dx[0, 0, 0]
@@ -283,12 +279,8 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
     with nogil:
         for c in range(C):
             _dx_centered(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
-                      &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2], &coef[4 * c + 3])
-        for it in prange(C * split, num_threads=nthreads, schedule="static"):
-            c = it // split
-            s = it - c * split
-            _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
-                              da, db, B, s * L // split, (s + 1) * L // split,
-                              coef[4 * c], coef[4 * c + 1], coef[4 * c + 2],
-                              coef[4 * c + 3])
+                         &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
+                         &coef[4 * c + 3])
+        _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
+                      nthreads, coef)
     free(coef)
