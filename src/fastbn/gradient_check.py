@@ -11,6 +11,25 @@ __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "rel_erro
            "grad_check_sparse"]
 
 
+def _values_either_side(f, x, ix, h):
+    """``f`` at ``x`` with ``x[ix]`` moved by ``+h`` and by ``-h``; ``x`` restored.
+
+    An array value is copied before the next call, since ``f`` may return a
+    buffer it reuses; a scalar comes back as ``f`` returned it.
+    """
+    old = x[ix]
+    try:
+        x[ix] = old + h
+        pos = f(x)
+        if isinstance(pos, np.ndarray):
+            pos = pos.copy()
+        x[ix] = old - h
+        neg = f(x)
+    finally:
+        x[ix] = old
+    return pos, neg
+
+
 def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     """Gradient of a scalar function ``f`` at ``x``, one coordinate at a time.
 
@@ -34,12 +53,7 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        fxph = f(x)
-        x[ix] = old - h
-        fxmh = f(x)
-        x[ix] = old
+        fxph, fxmh = _values_either_side(f, x, ix, h)
         grad[ix] = (fxph - fxmh) / (2 * h)
         if verbose:
             print(ix, grad[ix])
@@ -67,12 +81,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
     while not it.finished:
         ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        pos = np.array(f(x), copy=True)
-        x[ix] = old - h
-        neg = np.array(f(x), copy=True)
-        x[ix] = old
+        pos, neg = map(np.asarray, _values_either_side(f, x, ix, h))
         grad[ix] = np.sum((pos - neg) * df) / (2 * h)
         it.iternext()
     return grad
@@ -90,12 +99,7 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     errors = []
     for _ in range(num_checks):
         ix = tuple(int(rng.integers(m)) for m in x.shape)
-        old = x[ix]
-        x[ix] = old + h
-        fxph = f(x)
-        x[ix] = old - h
-        fxmh = f(x)
-        x[ix] = old
+        fxph, fxmh = _values_either_side(f, x, ix, h)
         num = (fxph - fxmh) / (2 * h)
         ana = analytic_grad[ix]
         err = abs(num - ana) / max(1e-12, abs(num) + abs(ana))
