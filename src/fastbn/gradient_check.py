@@ -14,17 +14,19 @@ __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array", "rel_erro
 def _values_either_side(f, x, ix, h):
     """``f`` at ``x`` with ``x[ix]`` moved by ``+h`` and by ``-h``; ``x`` restored.
 
-    An array value is copied before the next call, since ``f`` may return a
-    buffer it reuses; a scalar comes back as ``f`` returned it.
+    An array value is copied at once, since ``f`` may return a buffer it
+    reuses or a view of ``x`` itself; a scalar comes back as ``f`` returned it.
     """
+    def value():
+        v = f(x)
+        return v.copy() if isinstance(v, np.ndarray) else v
+
     old = x[ix]
     try:
         x[ix] = old + h
-        pos = f(x)
-        if isinstance(pos, np.ndarray):
-            pos = pos.copy()
+        pos = value()
         x[ix] = old - h
-        neg = f(x)
+        neg = value()
     finally:
         x[ix] = old
     return pos, neg
