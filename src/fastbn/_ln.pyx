@@ -26,11 +26,10 @@ Python layer validates everything before calling in: these functions assume
 non-empty, shape-consistent arguments of one dtype.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
-from fastbn._kernels cimport _row_chunks
+from fastbn._kernels cimport _finish_moments, _row_chunks
 
 
 cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -43,7 +42,7 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     cdef Py_ssize_t i, j
     cdef const floating* xr
     cdef floating* yrow
-    cdef double c, v, s1, s2, m, var, alpha, shift
+    cdef double c, v, s1, s2, var, alpha, shift
     for i in range(r0, r1):
         xr = x + i * sr
         yrow = y + i * yr
@@ -60,13 +59,8 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                 v = xr[j * sd] - c
                 s1 += v
                 s2 += v * v
-        m = s1 / D
-        var = s2 / D - m * m
-        if var < 0.0:        # rounding only; a NaN stays NaN
-            var = 0.0
-        mean[i] = c + m
-        alpha = 1.0 / sqrt(var + eps)
-        invstd[i] = alpha
+        _finish_moments(s1, s2, D, c, eps, &mean[i], &var, &invstd[i])
+        alpha = invstd[i]
         shift = -mean[i] * alpha
         if sd == 1 and yd == 1:
             for j in range(D):
@@ -205,7 +199,7 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     cdef Py_ssize_t i0, nb, k, j
     cdef const floating* p
     cdef floating* q
-    cdef double v, m, var, gj, bj
+    cdef double v, var, gj, bj
     i0 = r0
     while i0 < r1:
         nb = r1 - i0
@@ -228,13 +222,9 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                     s1[k] += v
                     s2[k] += v * v
         for k in range(nb):
-            m = s1[k] / D
-            var = s2[k] / D - m * m
-            if var < 0.0:
-                var = 0.0
-            mean[i0 + k] = c[k] + m
-            alpha[k] = 1.0 / sqrt(var + eps)
-            invstd[i0 + k] = alpha[k]
+            _finish_moments(s1[k], s2[k], D, c[k], eps, &mean[i0 + k], &var,
+                            &invstd[i0 + k])
+            alpha[k] = invstd[i0 + k]
             shift[k] = -mean[i0 + k] * alpha[k]
         for j in range(D):
             p = x + j * sd + i0 * sr
