@@ -145,8 +145,10 @@ def check_out(out, name, shape, dtype, *inputs):
         raise ValueError(f"{name} is read-only")
     for arr in inputs:
         if np.may_share_memory(out, arr):
-            raise ValueError(f"{name} must not overlap the inputs (the cache keeps x "
-                             f"for the backward pass); pass a separate buffer")
+            raise ValueError(f"{name} must not overlap the inputs (x, dout, gamma, beta, "
+                             f"running statistics): it is written while they are read, "
+                             f"and the cache keeps x for the backward pass; pass a "
+                             f"separate buffer")
     return out
 
 
