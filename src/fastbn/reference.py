@@ -51,15 +51,18 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
 
     if p.mode == "train":
-        mean = x.mean(axis=0)
-        var = x.var(axis=0)                  # biased: divides by N
+        # Statistics in float64 even for float32 x: summed in float32, 1e5 values
+        # near 1e4 lose the digits that tell them apart (the result is off by ~5).
+        mean = x.mean(axis=0, dtype=np.float64)
+        var = x.var(axis=0, dtype=np.float64)    # biased: divides by N
         running_mean = p.momentum * running_mean + (1 - p.momentum) * mean
         running_var = p.momentum * running_var + (1 - p.momentum) * var
     else:
         mean, var = running_mean, running_var
 
-    std = np.sqrt(var + p.eps)
-    x_centered = x - mean
+    # Centre in float64 too, then go on in x's dtype.
+    std = np.sqrt(var + p.eps).astype(x.dtype)
+    x_centered = (x - mean).astype(x.dtype)
     x_hat = x_centered / std
     out = gamma * x_hat + beta
 
@@ -240,10 +243,11 @@ def layernorm_forward(x, gamma, beta, ln_param):
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x, gamma, beta = p.x, p.gamma, p.beta
 
-    mean = x.mean(axis=1, keepdims=True)        # (N, 1): one mean per sample
-    var = x.var(axis=1, keepdims=True)          # biased: divides by D
-    std = np.sqrt(var + p.eps)
-    x_hat = (x - mean) / std
+    # (N, 1): one mean per sample; float64 statistics as in batchnorm_forward
+    mean = x.mean(axis=1, keepdims=True, dtype=np.float64)
+    var = x.var(axis=1, keepdims=True, dtype=np.float64)     # biased: divides by D
+    std = np.sqrt(var + p.eps).astype(x.dtype)
+    x_hat = (x - mean).astype(x.dtype) / std
     out = gamma * x_hat + beta                  # gamma, beta broadcast over rows
 
     cache = {"kind": "layernorm", "x": x, "x_hat": x_hat, "std": std, "gamma": gamma}
