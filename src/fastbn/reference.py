@@ -61,8 +61,8 @@ def batchnorm_forward(x, gamma, beta, bn_param):
         mean, var = running_mean, running_var
 
     # Centre in float64 too, then go on in x's dtype.
-    std = np.sqrt(var + p.eps).astype(x.dtype)
-    x_centered = (x - mean).astype(x.dtype)
+    std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
+    x_centered = (x - mean).astype(x.dtype, copy=False)
     x_hat = x_centered / std
     out = gamma * x_hat + beta
 
@@ -246,8 +246,8 @@ def layernorm_forward(x, gamma, beta, ln_param):
     # (N, 1): one mean per sample; float64 statistics as in batchnorm_forward
     mean = x.mean(axis=1, keepdims=True, dtype=np.float64)
     var = x.var(axis=1, keepdims=True, dtype=np.float64)     # biased: divides by D
-    std = np.sqrt(var + p.eps).astype(x.dtype)
-    x_hat = (x - mean).astype(x.dtype) / std
+    std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
+    x_hat = (x - mean).astype(x.dtype, copy=False) / std
     out = gamma * x_hat + beta                  # gamma, beta broadcast over rows
 
     cache = {"kind": "layernorm", "x": x, "x_hat": x_hat, "std": std, "gamma": gamma}
