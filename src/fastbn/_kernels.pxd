@@ -47,7 +47,160 @@ cdef extern from *:
             sdyx[j] += g0[j] * (x0[j] - m[j]) + g1[j] * (x1[j] - m[j]);
         }
     }
+
+    /* One contiguous run of a channel, summed in float64 with four
+       independent vector accumulators per sum.  With one accumulator every
+       add waits for the previous one (4-cycle latency) and the loop runs at
+       a fraction of the load bandwidth.  Written with intrinsics: GCC 12
+       neither splits a reduction into several accumulators by itself nor
+       converts float vectors to double vectors without a trip through the
+       stack.  Each build (baseline SSE2, AVX2+FMA) gets its own width. */
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    typedef __m256d fastbn_vd;
+    #define FASTBN_VW 4
+    #define fastbn_vzero() _mm256_setzero_pd()
+    #define fastbn_vset1(a) _mm256_set1_pd(a)
+    #define fastbn_vadd(a, b) _mm256_add_pd(a, b)
+    #define fastbn_vsub(a, b) _mm256_sub_pd(a, b)
+    #if defined(__FMA__) || defined(_MSC_VER)
+    #define fastbn_vmuladd(a, b, c) _mm256_fmadd_pd(a, b, c)
+    #else
+    #define fastbn_vmuladd(a, b, c) _mm256_add_pd(_mm256_mul_pd(a, b), c)
+    #endif
+    #define fastbn_vload_d(p) _mm256_loadu_pd(p)
+    #define fastbn_vload_f(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
+    #define fastbn_vstore(p, a) _mm256_storeu_pd(p, a)
+    #elif defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
+    typedef __m128d fastbn_vd;
+    #define FASTBN_VW 2
+    #define fastbn_vzero() _mm_setzero_pd()
+    #define fastbn_vset1(a) _mm_set1_pd(a)
+    #define fastbn_vadd(a, b) _mm_add_pd(a, b)
+    #define fastbn_vsub(a, b) _mm_sub_pd(a, b)
+    #define fastbn_vmuladd(a, b, c) _mm_add_pd(_mm_mul_pd(a, b), c)
+    #define fastbn_vload_d(p) _mm_loadu_pd(p)
+    #define fastbn_vload_f(p) _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd((const double*)(p))))
+    #define fastbn_vstore(p, a) _mm_storeu_pd(p, a)
+    #endif
+
+    #ifdef FASTBN_VW
+    #define FASTBN_DEFINE_SEG(T, SFX)                                              \
+    static inline void fastbn_seg_sums_##SFX(const T* FASTBN_RESTRICT p,          \
+            Py_ssize_t n, double c, double* FASTBN_RESTRICT out) {                \
+        fastbn_vd a0 = fastbn_vzero(), a1 = a0, a2 = a0, a3 = a0;                  \
+        fastbn_vd b0 = a0, b1 = a0, b2 = a0, b3 = a0, cv = fastbn_vset1(c);        \
+        double t[FASTBN_VW], s1 = 0.0, s2 = 0.0;                                   \
+        Py_ssize_t i = 0;                                                          \
+        for (; i + 4 * FASTBN_VW <= n; i += 4 * FASTBN_VW) {                       \
+            fastbn_vd v0 = fastbn_vsub(fastbn_vload_##SFX(p + i), cv);             \
+            fastbn_vd v1 = fastbn_vsub(fastbn_vload_##SFX(p + i + FASTBN_VW), cv); \
+            fastbn_vd v2 = fastbn_vsub(fastbn_vload_##SFX(p + i + 2 * FASTBN_VW), cv); \
+            fastbn_vd v3 = fastbn_vsub(fastbn_vload_##SFX(p + i + 3 * FASTBN_VW), cv); \
+            a0 = fastbn_vadd(a0, v0); a1 = fastbn_vadd(a1, v1);                    \
+            a2 = fastbn_vadd(a2, v2); a3 = fastbn_vadd(a3, v3);                    \
+            b0 = fastbn_vmuladd(v0, v0, b0); b1 = fastbn_vmuladd(v1, v1, b1);      \
+            b2 = fastbn_vmuladd(v2, v2, b2); b3 = fastbn_vmuladd(v3, v3, b3);      \
+        }                                                                          \
+        for (; i < n; i++) {                                                       \
+            double v = (double)p[i] - c;                                           \
+            s1 += v;                                                               \
+            s2 += v * v;                                                           \
+        }                                                                          \
+        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(a0, a1), fastbn_vadd(a2, a3)));   \
+        for (int l = 0; l < FASTBN_VW; l++) s1 += t[l];                            \
+        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(b0, b1), fastbn_vadd(b2, b3)));   \
+        for (int l = 0; l < FASTBN_VW; l++) s2 += t[l];                            \
+        out[0] += s1;                                                              \
+        out[1] += s2;                                                              \
+    }                                                                              \
+    static inline void fastbn_seg_grad_##SFX(const T* FASTBN_RESTRICT p,          \
+            const T* FASTBN_RESTRICT q, Py_ssize_t n, double m,                    \
+            double* FASTBN_RESTRICT out) {                                         \
+        fastbn_vd a0 = fastbn_vzero(), a1 = a0, a2 = a0, a3 = a0;                  \
+        fastbn_vd b0 = a0, b1 = a0, b2 = a0, b3 = a0, mv = fastbn_vset1(m);        \
+        double t[FASTBN_VW], s1 = 0.0, s2 = 0.0;                                   \
+        Py_ssize_t i = 0;                                                          \
+        for (; i + 4 * FASTBN_VW <= n; i += 4 * FASTBN_VW) {                       \
+            fastbn_vd g0 = fastbn_vload_##SFX(q + i);                              \
+            fastbn_vd g1 = fastbn_vload_##SFX(q + i + FASTBN_VW);                  \
+            fastbn_vd g2 = fastbn_vload_##SFX(q + i + 2 * FASTBN_VW);              \
+            fastbn_vd g3 = fastbn_vload_##SFX(q + i + 3 * FASTBN_VW);              \
+            a0 = fastbn_vadd(a0, g0); a1 = fastbn_vadd(a1, g1);                    \
+            a2 = fastbn_vadd(a2, g2); a3 = fastbn_vadd(a3, g3);                    \
+            b0 = fastbn_vmuladd(g0, fastbn_vsub(fastbn_vload_##SFX(p + i), mv), b0); \
+            b1 = fastbn_vmuladd(g1, fastbn_vsub(fastbn_vload_##SFX(p + i + FASTBN_VW), mv), b1); \
+            b2 = fastbn_vmuladd(g2, fastbn_vsub(fastbn_vload_##SFX(p + i + 2 * FASTBN_VW), mv), b2); \
+            b3 = fastbn_vmuladd(g3, fastbn_vsub(fastbn_vload_##SFX(p + i + 3 * FASTBN_VW), mv), b3); \
+        }                                                                          \
+        for (; i < n; i++) {                                                       \
+            double g = (double)q[i];                                               \
+            s1 += g;                                                               \
+            s2 += g * ((double)p[i] - m);                                          \
+        }                                                                          \
+        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(a0, a1), fastbn_vadd(a2, a3)));   \
+        for (int l = 0; l < FASTBN_VW; l++) s1 += t[l];                            \
+        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(b0, b1), fastbn_vadd(b2, b3)));   \
+        for (int l = 0; l < FASTBN_VW; l++) s2 += t[l];                            \
+        out[0] += s1;                                                              \
+        out[1] += s2;                                                              \
+    }
+    #else  /* no SIMD header (not x86): plain loops, the compiler vectorizes */
+    #define FASTBN_DEFINE_SEG(T, SFX)                                              \
+    static inline void fastbn_seg_sums_##SFX(const T* FASTBN_RESTRICT p,          \
+            Py_ssize_t n, double c, double* FASTBN_RESTRICT out) {                \
+        double s1 = 0.0, s2 = 0.0;                                                 \
+        for (Py_ssize_t i = 0; i < n; i++) {                                       \
+            double v = (double)p[i] - c;                                           \
+            s1 += v;                                                               \
+            s2 += v * v;                                                           \
+        }                                                                          \
+        out[0] += s1;                                                              \
+        out[1] += s2;                                                              \
+    }                                                                              \
+    static inline void fastbn_seg_grad_##SFX(const T* FASTBN_RESTRICT p,          \
+            const T* FASTBN_RESTRICT q, Py_ssize_t n, double m,                    \
+            double* FASTBN_RESTRICT out) {                                         \
+        double s1 = 0.0, s2 = 0.0;                                                 \
+        for (Py_ssize_t i = 0; i < n; i++) {                                       \
+            double g = (double)q[i];                                               \
+            s1 += g;                                                               \
+            s2 += g * ((double)p[i] - m);                                          \
+        }                                                                          \
+        out[0] += s1;                                                              \
+        out[1] += s2;                                                              \
+    }
+    #endif
+    FASTBN_DEFINE_SEG(float, f)
+    FASTBN_DEFINE_SEG(double, d)
+
+    /* Ask for the first bytes of the next run of a channel while this one is
+       summed: the runs of an NCHW channel are H*W elements apart by C*H*W,
+       too short for the hardware prefetcher to ramp up on each. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTBN_PREFETCH_LOOP(p, nbytes, rw)                                    \
+        const char* c = (const char*)(p);                                          \
+        if (nbytes > 1024) nbytes = 1024;                                          \
+        for (Py_ssize_t o = 0; o < nbytes; o += 64) __builtin_prefetch(c + o, rw, 3);
+    #else
+    #define FASTBN_PREFETCH_LOOP(p, nbytes, rw) (void)(p); (void)(nbytes);
+    #endif
+    static inline void fastbn_prefetch(const void* p, Py_ssize_t nbytes) {
+        FASTBN_PREFETCH_LOOP(p, nbytes, 0)
+    }
+    static inline void fastbn_prefetch_w(void* p, Py_ssize_t nbytes) {
+        FASTBN_PREFETCH_LOOP(p, nbytes, 1)
+    }
     """
+    void fastbn_prefetch(const void* p, Py_ssize_t nbytes) noexcept nogil
+    void fastbn_prefetch_w(void* p, Py_ssize_t nbytes) noexcept nogil
+    void fastbn_seg_sums_f(const float* p, Py_ssize_t n, double c, double* out) noexcept nogil
+    void fastbn_seg_sums_d(const double* p, Py_ssize_t n, double c, double* out) noexcept nogil
+    void fastbn_seg_grad_f(const float* p, const float* q, Py_ssize_t n, double m,
+                           double* out) noexcept nogil
+    void fastbn_seg_grad_d(const double* p, const double* q, Py_ssize_t n, double m,
+                           double* out) noexcept nogil
     void fastbn_rows4_sums_d(const double* a0, Py_ssize_t sr, Py_ssize_t D,
                              const double* c, double* s1, double* s2) noexcept nogil
     void fastbn_rows2_grad_d(const double* x0, Py_ssize_t sr, const double* g0,
@@ -234,8 +387,11 @@ cdef inline void _chan_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
                             double center, double* out) noexcept nogil:
     """out[0] = sum(x - center), out[1] = sum((x - center)**2) over the slice."""
     cdef double s1 = 0.0, s2 = 0.0, v
+    cdef double acc[2]
     cdef Py_ssize_t k = k0, a, b, b0, b1
     cdef const floating* p
+    acc[0] = 0.0
+    acc[1] = 0.0
     while k < k1:
         a = k // B
         b0 = k - a * B
@@ -244,18 +400,20 @@ cdef inline void _chan_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
             b1 = B
         p = x + a * sa
         if sb == 1:
-            for b in range(b0, b1):
-                v = p[b] - center
-                s1 += v
-                s2 += v * v
+            if k + (b1 - b0) < k1:
+                fastbn_prefetch(p + sa + b0, (b1 - b0) * sizeof(floating))
+            if floating is float:
+                fastbn_seg_sums_f(p + b0, b1 - b0, center, acc)
+            else:
+                fastbn_seg_sums_d(p + b0, b1 - b0, center, acc)
         else:
             for b in range(b0, b1):
                 v = p[b * sb] - center
                 s1 += v
                 s2 += v * v
         k += b1 - b0
-    out[0] = s1
-    out[1] = s2
+    out[0] = s1 + acc[0]
+    out[1] = s2 + acc[1]
 
 
 cdef inline void _chan_grad_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
@@ -264,9 +422,12 @@ cdef inline void _chan_grad_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb
                                  double mean, double* out) noexcept nogil:
     """out[0] = sum(dy), out[1] = sum(dy * (x - mean)) over the slice."""
     cdef double s1 = 0.0, s2 = 0.0, g
+    cdef double acc[2]
     cdef Py_ssize_t k = k0, a, b, b0, b1
     cdef const floating* p
     cdef const floating* q
+    acc[0] = 0.0
+    acc[1] = 0.0
     while k < k1:
         a = k // B
         b0 = k - a * B
@@ -276,18 +437,21 @@ cdef inline void _chan_grad_sums(const floating* x, Py_ssize_t sa, Py_ssize_t sb
         p = x + a * sa
         q = dy + a * ga
         if sb == 1 and gb == 1:
-            for b in range(b0, b1):
-                g = q[b]
-                s1 += g
-                s2 += g * (p[b] - mean)
+            if k + (b1 - b0) < k1:
+                fastbn_prefetch(p + sa + b0, (b1 - b0) * sizeof(floating))
+                fastbn_prefetch(q + ga + b0, (b1 - b0) * sizeof(floating))
+            if floating is float:
+                fastbn_seg_grad_f(p + b0, q + b0, b1 - b0, mean, acc)
+            else:
+                fastbn_seg_grad_d(p + b0, q + b0, b1 - b0, mean, acc)
         else:
             for b in range(b0, b1):
                 g = q[b * gb]
                 s1 += g
                 s2 += g * (p[b * sb] - mean)
         k += b1 - b0
-    out[0] = s1
-    out[1] = s2
+    out[0] = s1 + acc[0]
+    out[1] = s2 + acc[1]
 
 
 cdef inline void _chan_normalize_folded(const floating* x, Py_ssize_t sa, Py_ssize_t sb,
@@ -312,6 +476,8 @@ cdef inline void _chan_normalize_folded(const floating* x, Py_ssize_t sa, Py_ssi
         p = x + a * sa
         q = y + a * ya
         if sb == 1 and yb == 1:
+            if k - (b1 - b0) > k0:
+                fastbn_prefetch_w(q - ya + b0, (b1 - b0) * sizeof(floating))
             for b in range(b0, b1):
                 q[b] = (p[b] - m) * alpha + beta
         else:
@@ -341,6 +507,8 @@ cdef inline void _chan_dx_centered(const floating* x, Py_ssize_t sa, Py_ssize_t 
         q = dy + a * ga
         r = dx + a * da
         if sb == 1 and gb == 1 and db == 1:
+            if k - (b1 - b0) > k0:
+                fastbn_prefetch_w(r - da + b0, (b1 - b0) * sizeof(floating))
             for b in range(b0, b1):
                 r[b] = ca * q[b] + cb * (p[b] - m) + cc
         else:
