@@ -341,11 +341,14 @@ cdef inline void _rows_normalize_folded(const floating* x, Py_ssize_t sr, Py_ssi
     Centred rather than folded into ``x * a + b``: no cancellation between
     two large terms when the data sit far from zero, and x == mean gives
     exactly beta with or without fused multiply-adds.
+
+    Rows run last to first: the statistics pass over the same rows just
+    ended with the last ones, which are the ones still in cache.
     """
     cdef Py_ssize_t i, j
     cdef const floating* xr
     cdef floating* yrow
-    for i in range(r0, r1):
+    for i in range(r1 - 1, r0 - 1, -1):
         xr = x + i * sr
         yrow = y + i * yr
         if sd == 1 and yd == 1:
@@ -362,12 +365,15 @@ cdef inline void _rows_dx_centered(const floating* x, Py_ssize_t sr, Py_ssize_t 
                                    Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1,
                                    const floating* ca, const floating* cb,
                                    const floating* m, const floating* cc) noexcept nogil:
-    """dx = ca * dy + cb * (x - m) + cc per feature (cb, m, cc from _center_fold)."""
+    """dx = ca * dy + cb * (x - m) + cc per feature (cb, m, cc from _center_fold).
+
+    Rows last to first, as in _rows_normalize_folded.
+    """
     cdef Py_ssize_t i, j
     cdef const floating* xrow
     cdef const floating* grow
     cdef floating* drow
-    for i in range(r0, r1):
+    for i in range(r1 - 1, r0 - 1, -1):
         xrow = x + i * sr
         grow = dy + i * gr
         drow = dx + i * xr_
