@@ -19,6 +19,7 @@ import numpy as np
 
 from . import compiled, reference
 from ._validation import check_out
+from ._alloc import buffer_cache_info, set_buffer_cache
 from ._config import get_num_threads, openmp_enabled, set_num_threads
 from ._showconfig import show_config
 from ._version import __version__
@@ -143,5 +144,6 @@ __all__ = [
     "layernorm_forward", "layernorm_backward",
     "set_backend", "get_backend", "backend", "use_backend", "BACKENDS",
     "set_num_threads", "get_num_threads", "openmp_enabled", "show_config",
+    "set_buffer_cache", "buffer_cache_info",
     "compiled", "reference", "__version__",
 ]

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from ._alloc import empty
 from . import _bn as _bn_baseline
 from ._config import threads_for
 from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, check_out
@@ -106,15 +107,15 @@ def _view(a, rows, spatial):
 
 
 def _empty_like_layout(x, rows, spatial):
-    """A fresh output whose kernel view is contiguous."""
+    """A fresh output whose kernel view is contiguous (large ones from the buffer cache)."""
     if spatial:
         N, C, H, W = x.shape
         if rows:
-            return np.empty((N, H, W, C), x.dtype).transpose(0, 3, 1, 2)
-        return np.empty(x.shape, x.dtype)
+            return empty((N, H, W, C), x.dtype).transpose(0, 3, 1, 2)
+        return empty(x.shape, x.dtype)
     if rows:
-        return np.empty(x.shape, x.dtype)
-    return np.empty(x.shape[::-1], x.dtype).T
+        return empty(x.shape, x.dtype)
+    return empty(x.shape[::-1], x.dtype).T
 
 
 def _output(x, out, name, rows, spatial, *inputs):

@@ -1,0 +1,252 @@
+"""The cache of freed output buffers (fastbn._alloc).
+
+Large outputs fastbn allocates itself come from a NumPy memory handler that
+keeps freed blocks for reuse.  What must hold: a block is reused only after
+every reference to it is gone, stale contents never leak into a result, the
+byte limit is respected, and nothing else in the process is affected.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _alloc, compiled, reference
+
+from conftest import make_case
+
+BIG = (8, 16, 48, 48)        # float32: 1.18 MB, above _alloc.MIN_BYTES
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """Each test starts from an empty cache at the default limit."""
+    fastbn.set_buffer_cache(0)
+    fastbn.set_buffer_cache(_alloc.DEFAULT_LIMIT)
+    yield
+    fastbn.set_buffer_cache(0)
+    fastbn.set_buffer_cache(_alloc.DEFAULT_LIMIT)
+
+
+def _handler(*a):
+    """NumPy's get_handler_name (numpy._core in 2.x, numpy.core in 1.x)."""
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:                      # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import get_handler_name
+    return get_handler_name(*a)
+
+
+def _addr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _case(rng, shape=BIG, dtype=np.float32):
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=3.0)
+    return x, gamma, beta, dout
+
+
+def test_large_outputs_come_from_the_cache_handler(rng):
+    x, gamma, beta, dout = _case(rng)
+    out, cache = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dx, dgamma, _ = compiled.spatial_batchnorm_backward(dout, cache)
+    assert _handler(out) == "fastbn_buffer_cache"
+    assert _handler(dx) == "fastbn_buffer_cache"
+    # small results and everything else keep NumPy's own allocator
+    assert _handler(dgamma) == _handler()
+    assert _handler() != "fastbn_buffer_cache"
+
+
+def test_small_outputs_bypass_the_cache(rng):
+    x, gamma, beta, _ = _case(rng, (4, 3, 5, 5))
+    before = fastbn.buffer_cache_info()
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    assert _handler(out) != "fastbn_buffer_cache"
+    after = fastbn.buffer_cache_info()
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+
+
+def test_freed_output_is_reused_and_fully_overwritten(rng):
+    x, gamma, beta, _ = _case(rng)
+    first, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    addr = _addr(first)
+    first[...] = np.nan                      # stale contents must not survive
+    del first
+    info = fastbn.buffer_cache_info()
+    assert info["blocks"] == 1 and info["bytes"] == x.nbytes
+    second, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    assert _addr(second) == addr
+    assert fastbn.buffer_cache_info()["hits"] == info["hits"] + 1
+    want, _ = reference.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_allclose(second, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,layout", [((301, 1031), "C"), ((1031, 301), "F"),
+                                          (BIG, "C"), (BIG, "channels_last")])
+def test_results_with_cache_equal_results_without(rng, dtype, shape, layout):
+    x, gamma, beta, dout = _case(rng, shape, dtype)
+    if layout == "F":
+        x, dout = np.asfortranarray(x), np.asfortranarray(dout)
+    elif layout == "channels_last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        dout = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    fwd, bwd = ((compiled.spatial_batchnorm_forward, compiled.spatial_batchnorm_backward)
+                if x.ndim == 4 else
+                (compiled.batchnorm_forward, compiled.batchnorm_backward_alt))
+
+    def run():
+        out, cache = fwd(x, gamma, beta, {"mode": "train"})
+        dx = bwd(dout, cache)[0]
+        return out.copy(), dx.copy(), out.strides
+
+    fastbn.set_buffer_cache(0)
+    want_out, want_dx, want_strides = run()
+    fastbn.set_buffer_cache(_alloc.DEFAULT_LIMIT)
+    for _ in range(3):                       # the 2nd and 3rd runs reuse blocks
+        out, dx, strides = run()
+        assert strides == want_strides       # same memory layout as before
+        np.testing.assert_array_equal(out, want_out)
+        np.testing.assert_array_equal(dx, want_dx)
+    assert fastbn.buffer_cache_info()["hits"] >= 4
+
+
+def test_block_kept_alive_by_a_view_is_not_reused(rng):
+    x, gamma, beta, _ = _case(rng)
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    view = out[:, 2]
+    saved = view.copy()
+    del out                                  # the view still owns the block
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+    again, _ = compiled.spatial_batchnorm_forward(2 * x, gamma, beta, {"mode": "train"})
+    assert not np.shares_memory(again, view)
+    np.testing.assert_array_equal(view, saved)
+
+
+def test_limit_is_respected_and_oldest_blocks_go_first(rng):
+    x, gamma, beta, _ = _case(rng)
+    fastbn.set_buffer_cache(2 * x.nbytes + 100)
+    outs = [compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+            for _ in range(4)]
+    addrs = [_addr(o) for o in outs]
+    while outs:                              # freed in order 0, 1, 2, 3
+        del outs[0]
+    info = fastbn.buffer_cache_info()
+    assert info["blocks"] == 2 and info["bytes"] == 2 * x.nbytes
+    # the newest freed block (3) is handed out first, then 2
+    a = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+    b = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+    assert (_addr(a), _addr(b)) == (addrs[3], addrs[2])
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+
+
+def test_block_larger_than_the_limit_is_not_kept(rng):
+    x, gamma, beta, _ = _case(rng)
+    fastbn.set_buffer_cache(x.nbytes - 1)
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    del out
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+
+
+def test_at_most_sixteen_blocks(rng):
+    x = rng.standard_normal((300, 1024)).astype(np.float32)   # 1.2 MB each
+    gamma, beta = np.ones(1024, np.float32), np.zeros(1024, np.float32)
+    outs = [compiled.batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+            for _ in range(20)]
+    del outs
+    info = fastbn.buffer_cache_info()
+    assert info["blocks"] == 16 and info["bytes"] == 16 * x.nbytes
+
+
+def test_zero_disables_and_releases(rng):
+    x, gamma, beta, _ = _case(rng)
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    del out
+    assert fastbn.buffer_cache_info()["blocks"] == 1
+    fastbn.set_buffer_cache(0)
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+    assert fastbn.buffer_cache_info()["bytes"] == 0
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    assert _handler(out) != "fastbn_buffer_cache"
+    del out
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+
+
+def test_blocks_from_before_disabling_are_released_when_freed(rng):
+    x, gamma, beta, _ = _case(rng)
+    out, _ = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    fastbn.set_buffer_cache(0)
+    del out                                  # freed through the handler, not kept
+    assert fastbn.buffer_cache_info()["blocks"] == 0
+
+
+def test_numpy_operations_on_cached_arrays(rng):
+    """resize (realloc through the handler), pickling, copies: ordinary arrays."""
+    import pickle
+    x = rng.standard_normal((300, 1024)).astype(np.float32)
+    gamma, beta = np.ones(1024, np.float32), np.zeros(1024, np.float32)
+    out = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+    want = out.copy()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(out)), want)
+    out.resize((600, 1024), refcheck=False)
+    np.testing.assert_array_equal(out[:300], want)
+    assert np.all(out[300:] == 0)
+    del out                                  # a 2.4 MB block: fine to keep or not
+    assert fastbn.buffer_cache_info()["bytes"] <= fastbn.buffer_cache_info()["limit"]
+
+
+def test_threads_allocating_and_freeing_concurrently(rng):
+    x, gamma, beta, dout = _case(rng)
+    want, cache = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dwant = compiled.spatial_batchnorm_backward(dout, cache)[0]
+    errors = []
+
+    def work():
+        try:
+            for _ in range(15):
+                out, c = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+                dx = compiled.spatial_batchnorm_backward(dout, c)[0]
+                np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(dx, dwant, rtol=1e-5, atol=1e-4)
+        except Exception as e:               # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    info = fastbn.buffer_cache_info()
+    assert info["bytes"] <= info["limit"] and info["blocks"] <= 16
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (1.5, TypeError), (True, TypeError),
+                                     ("1G", TypeError), (None, TypeError)])
+def test_bad_limit_names_the_argument(bad, exc):
+    before = fastbn.buffer_cache_info()["limit"]
+    with pytest.raises(exc, match="nbytes"):
+        fastbn.set_buffer_cache(bad)
+    assert fastbn.buffer_cache_info()["limit"] == before
+
+
+def _run_with_env(value):
+    code = "import fastbn; print(fastbn.buffer_cache_info()['limit'])"
+    env = dict(os.environ, FASTBN_BUFFER_CACHE=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_env_sets_the_limit():
+    r = _run_with_env("12345678")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "12345678"
+
+
+@pytest.mark.parametrize("value", ["lots", "-5"])
+def test_env_bad_value_is_a_clear_error(value):
+    r = _run_with_env(value)
+    assert r.returncode != 0
+    assert "FASTBN_BUFFER_CACHE" in r.stderr
