@@ -15,9 +15,9 @@ What is timed, per shape and direction:
   ``torch.native_batch_norm``);
 * backward: ``batchnorm_backward_alt`` / ``spatial_batchnorm_backward``,
   ``torch.ops.aten.native_batch_norm_backward``, fresh ``dx``;
-* stream: the physical floor, one pass over the same bytes into a fresh
-  array: ``x * 2`` for the forward (read x, write out), ``x + dout`` for the
-  backward (read x and dout, write dx).
+* stream: the physical floor, one pass over the same bytes with fastbn's
+  thread count into a reused output (an OpenMP loop, :mod:`fastbn._stream`): ``x * 2`` for the forward (read
+  x, write out), ``x + dout`` for the backward (read x and dout, write dx).
 
 PyTorch and matplotlib are optional; without them their columns or the plot
 are skipped with a message.  The shared case builders (:func:`make_case`,
@@ -109,10 +109,21 @@ def _torch_impl(torch, case, direction):
 
 
 def _stream_impl(case, direction):
-    x, dout = case["x"], case["dout"]
+    """One pass over the bytes of the call: the floor any kernel must pay.
+
+    ``x * 2`` for the forward (read x, write out), ``x + dout`` for the
+    backward (read both, write dx), into an output allocated once (no page
+    faults: fastbn's own large outputs come from its buffer cache), as an
+    OpenMP loop with the thread count fastbn's kernels would use.
+    """
+    from . import _stream
+    from ._config import threads_for
+    x, dout = case["x"].reshape(-1), case["dout"].reshape(-1)
+    out = np.empty_like(x)
+    nthreads = threads_for(x.size)
     if direction == "forward":
-        return lambda: np.multiply(x, 2)           # read x, write a fresh array
-    return lambda: np.add(x, dout)                 # read x and dout, write a fresh array
+        return lambda: _stream.scale2(x, out, nthreads)
+    return lambda: _stream.add(x, dout, out, nthreads)
 
 
 def import_torch():
@@ -140,7 +151,7 @@ def implementations(case, direction, torch=None, which=IMPLS):
     return out
 
 
-def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=3, burst_s=0.02,
+def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
                      settle_s=0.03):
     """Time the callables round-robin: ``repeat`` rounds, a burst of calls each.
 
