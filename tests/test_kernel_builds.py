@@ -130,3 +130,71 @@ def test_concurrent_calls_from_python_threads(build, rng):
         for g, w in zip(grads, dwant):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
     assert build._active_calls() == 0
+
+
+# Large outputs with long contiguous runs are written with non-temporal
+# stores (AVX build).  Forcing that path on small odd cases (thresholds 0)
+# must give the same bits as the normal stores: the arithmetic is shared,
+# only where the bytes go differs.  Covers unaligned run starts, tails and
+# the layouts that fall back to strided loops.
+@pytest.fixture
+def streaming(build):
+    def force(on):
+        from fastbn import moments
+        mods = [build, moments._moments]
+        for m in mods:
+            if on:
+                m.set_nt_min_bytes(0, 0)
+            else:
+                m.set_nt_min_bytes(*DEFAULT_NT)
+    DEFAULT_NT = build.get_nt_min_bytes()
+    yield force
+    force(False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,layout", [
+    ((37, 19), "C"), ((37, 19), "F"), ((5, 1003), "C"), ((300, 5), "strided"),
+    ((5, 3, 7, 9), "C"), ((3, 4, 33, 35), "C"), ((4, 6, 5, 3), "channels_last"),
+    ((2, 3, 1, 1), "C"),
+])
+def test_streaming_stores_give_the_same_bits(build, streaming, rng, dtype, shape, layout):
+    from fastbn import moments
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=5.0)
+    x, dout = with_layout(x, layout), with_layout(dout, layout)
+    spatial = x.ndim == 4
+    fwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
+    bwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward_alt
+    D = shape[1]
+    rm, rv = np.zeros(D, dtype), np.ones(D, dtype)
+
+    def run():
+        out, cache = fwd(x, gamma, beta, {"mode": "train"})
+        test_out, _ = fwd(x, gamma, beta, {"mode": "test", "running_mean": rm + 0.5,
+                                           "running_var": rv * 2})
+        grads = bwd(dout, cache)
+        part = moments.partial_moments(x, spatial)
+        mean, _, invstd = moments.finish_moments(part, 1e-5)
+        sdy, sdyx = moments.grad_sums(dout, x, mean, spatial)
+        dx = moments.apply_dx(dout, x, gamma, mean, invstd, sdy, sdyx, part.count,
+                              spatial=spatial)
+        return [out, test_out, *grads, dx]
+
+    streaming(False)
+    want = run()
+    streaming(True)
+    got = run()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    # and the streamed results are right, not just equal
+    x64 = x.astype(np.float64)
+    ref_fwd = reference.spatial_batchnorm_forward if spatial else reference.batchnorm_forward
+    out_ref, _ = ref_fwd(x64, gamma.astype(np.float64), beta.astype(np.float64),
+                         {"mode": "train"})
+    np.testing.assert_allclose(got[0], out_ref, **TOL[dtype])
+
+
+def test_streaming_threshold_rejects_negative(build):
+    with pytest.raises(ValueError, match="nbytes"):
+        build.set_nt_min_bytes(-1)
+    assert build.get_nt_min_bytes() == (32 << 20, 4096)

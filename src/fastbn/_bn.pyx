@@ -33,6 +33,8 @@ from fastbn._kernels cimport (
     _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
     _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
     _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
+    _stream_output, fastbn_set_nt_min_bytes, fastbn_get_nt_min_bytes,
+    fastbn_get_nt_min_run_bytes, FASTBN_HAVE_NT,
 )
 
 cdef extern from *:
@@ -153,7 +155,8 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                             &invstd[j])
             _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
                          &coef[j], &coef[D + j], &coef[2 * D + j])
-        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef)
+        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
+                            _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
         for j in range(D):
             new_running[0, j] = <floating>(momentum * running_mean[j] +
                                            (1.0 - momentum) * mean[j])
@@ -184,6 +187,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
+    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
@@ -207,7 +211,8 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
                 _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0,
-                                       L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2])
+                                       L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2],
+                                       nt)
         else:
             _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
             for c in range(C):
@@ -215,7 +220,8 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                                 &invstd[c])
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef)
+            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
+                             nt)
         for c in range(C):
             new_running[0, c] = <floating>(momentum * running_mean[c] +
                                            (1.0 - momentum) * mean[c])
@@ -246,7 +252,8 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
         for j in range(D):
             _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
                          &coef[2 * D + j])
-        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef)
+        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
+                            _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
     fastbn_leave()
     free(coef)
 
@@ -263,6 +270,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
+    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t c
     cdef const floating* xp = &x[0, 0, 0]
@@ -275,7 +283,8 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
         for c in range(C):
             _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
                          &coef[3 * c + 2])
-        _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef)
+        _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
+                             nt)
     fastbn_leave()
     free(coef)
 
@@ -313,7 +322,8 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
             dgamma[j] = <floating>(sdyx[j] * invstd[j])
             _dx_centered(sdy[j], sdyx[j], R, gamma[j], mean[j], invstd[j], train,
                          &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
-        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef)
+        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
+                     _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
     fastbn_leave()
     free(part)
     free(coef)
@@ -335,6 +345,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef Py_ssize_t dc = dx.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
+    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
@@ -361,7 +372,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                              &coef[4 * c + 2], &coef[4 * c + 3])
                 _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
                                   da, db, B, 0, L, coef[4 * c], coef[4 * c + 1],
-                                  coef[4 * c + 2], coef[4 * c + 3])
+                                  coef[4 * c + 2], coef[4 * c + 3], nt)
         else:
             _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split,
                                  nthreads, &mean[0], part, sdy, sdyx)
@@ -372,7 +383,26 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                              &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
                              &coef[4 * c + 3])
             _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
-                          nthreads, coef)
+                          nthreads, coef, nt)
     fastbn_leave()
     free(part)
     free(coef)
+
+
+def set_nt_min_bytes(Py_ssize_t nbytes, Py_ssize_t run_nbytes=4096):
+    """Stream the stores (AVX build) of outputs of at least ``nbytes`` whose
+    contiguous runs have at least ``run_nbytes``; the defaults are 32 MiB and
+    4 KiB.  For tests and experiments."""
+    if nbytes < 0 or run_nbytes < 0:
+        raise ValueError(f"nbytes and run_nbytes must be >= 0, got {nbytes}, {run_nbytes}")
+    fastbn_set_nt_min_bytes(nbytes, run_nbytes)
+
+
+def get_nt_min_bytes():
+    """(nbytes, run_nbytes) from which this build streams its stores."""
+    return fastbn_get_nt_min_bytes(), fastbn_get_nt_min_run_bytes()
+
+
+def has_nt_stores():
+    """True when this build has the non-temporal store paths."""
+    return bool(FASTBN_HAVE_NT)
