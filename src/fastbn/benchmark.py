@@ -3,7 +3,7 @@
 Every implementation runs on the same arrays, interleaved round by round
 (fastbn, torch, reference, stream, fastbn, ...), so load from other processes
 hits all of them alike and the ratios stay meaningful on a busy machine.
-Each round runs every implementation for a burst of calls (at least 3 and
+Each round runs every implementation for a burst of calls (at least 8 and
 20 ms, after a 30 ms pause: see :func:`time_interleaved`); the rounds of a
 shape are spread over three sweeps through all shapes; the reported time is
 the best call (noise only ever adds time); the median is kept in the JSON too.
@@ -162,6 +162,9 @@ def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.
     idle workers spin for a while after each parallel call (libgomp counts the
     spin in iterations, so a spinner that shares its core spins for longer);
     on a 2-core machine the other library's team would find a core taken.
+    The burst is long because the first calls after another implementation
+    ran find its data in the caches, not their own: on a 51 MB batch a call
+    took 1.5-2x its settled time for the first 5-8 calls.
     Names in ``slow`` (the NumPy reference) run once per round, in the first
     ``slow_repeat`` rounds.
     """
@@ -336,7 +339,7 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for fastbn and torch (default: fastbn.get_num_threads())")
     parser.add_argument("--repeat", type=int, default=20,
-                        help="timed rounds per shape and pass, each a burst of >= 3 calls "
+                        help="timed rounds per shape and pass, each a burst of >= 8 calls "
                              "and >= 20 ms per implementation (default 20; the NumPy "
                              "reference runs once in a quarter of them, at least 3)")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=None,
