@@ -133,32 +133,18 @@ def test_concurrent_calls_from_python_threads(build, rng):
 
 
 # Large outputs with long contiguous runs are written with non-temporal
-# stores (AVX build).  Forcing that path on small odd cases (thresholds 0)
+# stores (AVX build) when the memory is already mapped (out=, a reused
+# block).  Forcing that path on small odd cases (thresholds 0, out= buffers)
 # must give the same bits as the normal stores: the arithmetic is shared,
 # only where the bytes go differs.  Covers unaligned run starts, tails and
 # the layouts that fall back to strided loops.
-@pytest.fixture
-def streaming(build):
-    def force(on):
-        from fastbn import moments
-        mods = [build, moments._moments]
-        for m in mods:
-            if on:
-                m.set_nt_min_bytes(0, 0)
-            else:
-                m.set_nt_min_bytes(*DEFAULT_NT)
-    DEFAULT_NT = build.get_nt_min_bytes()
-    yield force
-    force(False)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,layout", [
     ((37, 19), "C"), ((37, 19), "F"), ((5, 1003), "C"), ((300, 5), "strided"),
     ((5, 3, 7, 9), "C"), ((3, 4, 33, 35), "C"), ((4, 6, 5, 3), "channels_last"),
     ((2, 3, 1, 1), "C"),
 ])
-def test_streaming_stores_give_the_same_bits(build, streaming, rng, dtype, shape, layout):
+def test_streaming_stores_give_the_same_bits(build, monkeypatch, rng, dtype, shape, layout):
     from fastbn import moments
     x, gamma, beta, dout = make_case(rng, shape, dtype, offset=5.0)
     x, dout = with_layout(x, layout), with_layout(dout, layout)
@@ -166,24 +152,32 @@ def test_streaming_stores_give_the_same_bits(build, streaming, rng, dtype, shape
     fwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
     bwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward_alt
     D = shape[1]
-    rm, rv = np.zeros(D, dtype), np.ones(D, dtype)
+    test_param = {"mode": "test", "running_mean": np.full(D, 0.5, dtype),
+                  "running_var": np.full(D, 2.0, dtype)}
 
     def run():
-        out, cache = fwd(x, gamma, beta, {"mode": "train"})
-        test_out, _ = fwd(x, gamma, beta, {"mode": "test", "running_mean": rm + 0.5,
-                                           "running_var": rv * 2})
-        grads = bwd(dout, cache)
+        bufs = [np.empty_like(x) for _ in range(5)]
+        out, cache = fwd(x, gamma, beta, {"mode": "train"}, out=bufs[0])
+        fwd(x, gamma, beta, dict(test_param), out=bufs[1])
+        grads = bwd(dout, cache, dx=bufs[2])
         part = moments.partial_moments(x, spatial)
         mean, _, invstd = moments.finish_moments(part, 1e-5)
+        moments.apply_affine(x, mean, invstd, gamma, beta, spatial=spatial, out=bufs[3])
         sdy, sdyx = moments.grad_sums(dout, x, mean, spatial)
-        dx = moments.apply_dx(dout, x, gamma, mean, invstd, sdy, sdyx, part.count,
-                              spatial=spatial)
-        return [out, test_out, *grads, dx]
+        moments.apply_dx(dout, x, gamma, mean, invstd, sdy, sdyx, part.count,
+                         spatial=spatial, dx=bufs[4])
+        return bufs + list(grads[1:])
 
-    streaming(False)
     want = run()
-    streaming(True)
+    calls = []
+    real = compiled._stream_stores
+    monkeypatch.setattr(compiled, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled, "STREAM_MIN_RUN_BYTES", 0)
+    monkeypatch.setattr(compiled, "_stream_stores", lambda v, w: calls.append(real(v, w))
+                        or calls[-1])
+    monkeypatch.setattr(moments, "_output", compiled._output)
     got = run()
+    assert len(calls) == 5 and all(calls)       # every output pass was told to stream
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     # and the streamed results are right, not just equal
@@ -194,7 +188,12 @@ def test_streaming_stores_give_the_same_bits(build, streaming, rng, dtype, shape
     np.testing.assert_allclose(got[0], out_ref, **TOL[dtype])
 
 
-def test_streaming_threshold_rejects_negative(build):
-    with pytest.raises(ValueError, match="nbytes"):
-        build.set_nt_min_bytes(-1)
-    assert build.get_nt_min_bytes() == (32 << 20, 4096)
+def test_fresh_pages_are_not_streamed(monkeypatch, rng):
+    """A cache miss (memory the OS has yet to map) gets normal stores."""
+    monkeypatch.setattr(compiled, "STREAM_MIN_BYTES", 0)
+    x = rng.standard_normal((300, 1100)).astype(np.float32)      # 1.3 MB: cached size
+    view = compiled._view(x, True, False)
+    assert compiled._stream_stores(view, True)
+    assert not compiled._stream_stores(view, False)
+    short = rng.standard_normal((3000, 100)).astype(np.float32)  # 400-byte rows
+    assert not compiled._stream_stores(compiled._view(short, True, False), True)

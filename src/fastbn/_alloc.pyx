@@ -214,16 +214,27 @@ def buffer_cache_info():
 
 def empty(shape, dtype):
     """``np.empty(shape, dtype)``, from the buffer cache when it is large enough."""
+    return empty_reused(shape, dtype)[0]
+
+
+def empty_reused(shape, dtype):
+    """``(array, reused)``: :func:`empty`, and whether its block came from the cache.
+
+    A reused block's pages are mapped and likely cached; a fresh one's are
+    not yet (the caller may pick different stores for it).
+    """
     cdef Py_ssize_t n = np.dtype(dtype).itemsize
     for s in shape:
         n *= s
     if n < MIN_BYTES or fastbn_limit == 0:
-        return np.empty(shape, dtype)
+        return np.empty(shape, dtype), False
+    hits = fastbn_hits          # the GIL is held from here to the allocation
     old = fastbn_use_cache()
     try:
-        return np.empty(shape, dtype)
+        a = np.empty(shape, dtype)
     finally:
         fastbn_restore(old)
+    return a, fastbn_hits != hits
 
 
 def _limit_from_env():

@@ -33,8 +33,6 @@ from fastbn._kernels cimport (
     _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
     _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
     _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
-    _stream_output, fastbn_set_nt_min_bytes, fastbn_get_nt_min_bytes,
-    fastbn_get_nt_min_run_bytes, FASTBN_HAVE_NT,
 )
 
 cdef extern from *:
@@ -111,14 +109,16 @@ def kernel_isa():
 # --------------------------------------------------------------------------
 # Python entry points.  All run without the GIL.  The output passes compute in
 # x's own precision with coefficients from _center_fold; statistics and
-# gradient sums accumulate in float64.
+# gradient sums accumulate in float64.  ``stream=True`` writes the output with
+# non-temporal stores where the build has them (the caller decides:
+# fastbn.compiled._output); the values are the same either way.
 # --------------------------------------------------------------------------
 
 def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                        const floating[::1] beta, double eps, floating[:, :] out,
                        double[:, ::1] stats, const floating[::1] running_mean,
                        const floating[::1] running_var, double momentum,
-                       floating[:, ::1] new_running, int nthreads):
+                       floating[:, ::1] new_running, int nthreads, bint stream=False):
     """Train-mode forward on an (R, D) view.
 
     Fills ``stats`` (3, D) float64 with mean, var, invstd, and ``new_running``
@@ -156,7 +156,7 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
             _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
                          &coef[j], &coef[D + j], &coef[2 * D + j])
         _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
-                            _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
+                            stream)
         for j in range(D):
             new_running[0, j] = <floating>(momentum * running_mean[j] +
                                            (1.0 - momentum) * mean[j])
@@ -171,7 +171,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                         const floating[::1] beta, double eps, floating[:, :, :] out,
                         double[:, ::1] stats, const floating[::1] running_mean,
                         const floating[::1] running_var, double momentum,
-                        floating[:, ::1] new_running, int nthreads):
+                        floating[:, ::1] new_running, int nthreads, bint stream=False):
     """Train-mode forward on an (A, C, B) view; statistics per channel C.
 
     ``stats`` and ``new_running`` as for :func:`rows_forward_train`.
@@ -187,7 +187,6 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
-    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
@@ -212,7 +211,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
                 _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0,
                                        L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2],
-                                       nt)
+                                       stream)
         else:
             _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
             for c in range(C):
@@ -221,7 +220,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
             _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
-                             nt)
+                             stream)
         for c in range(C):
             new_running[0, c] = <floating>(momentum * running_mean[c] +
                                            (1.0 - momentum) * mean[c])
@@ -234,7 +233,7 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
 
 def rows_normalize(const floating[:, :] x, const double[::1] mean,
                    const double[::1] alpha, const double[::1] beta,
-                   floating[:, :] out, int nthreads):
+                   floating[:, :] out, int nthreads, bint stream=False):
     """out = (x - mean) * alpha + beta per feature on an (R, D) view (test mode)."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -253,14 +252,14 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
             _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
                          &coef[2 * D + j])
         _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
-                            _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
+                            stream)
     fastbn_leave()
     free(coef)
 
 
 def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
                     const double[::1] alpha, const double[::1] beta,
-                    floating[:, :, :] out, int nthreads):
+                    floating[:, :, :] out, int nthreads, bint stream=False):
     """out = (x - mean) * alpha + beta per channel on an (A, C, B) view (test mode)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -270,7 +269,6 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
-    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t c
     cdef const floating* xp = &x[0, 0, 0]
@@ -284,7 +282,7 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
             _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
                          &coef[3 * c + 2])
         _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
-                             nt)
+                             stream)
     fastbn_leave()
     free(coef)
 
@@ -292,7 +290,8 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
 def rows_backward(const floating[:, :] x, const floating[:, :] dout,
                   const floating[::1] gamma, const double[::1] mean,
                   const double[::1] invstd, bint train, floating[:, :] dx,
-                  floating[::1] dgamma, floating[::1] dbeta, int nthreads):
+                  floating[::1] dgamma, floating[::1] dbeta, int nthreads,
+                  bint stream=False):
     """Fused backward on an (R, D) view: one pass of sums, one pass writing dx."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -323,7 +322,7 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
             _dx_centered(sdy[j], sdyx[j], R, gamma[j], mean[j], invstd[j], train,
                          &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
-                     _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
+                     stream)
     fastbn_leave()
     free(part)
     free(coef)
@@ -332,7 +331,8 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
 def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                    const floating[::1] gamma, const double[::1] mean,
                    const double[::1] invstd, bint train, floating[:, :, :] dx,
-                   floating[::1] dgamma, floating[::1] dbeta, int nthreads):
+                   floating[::1] dgamma, floating[::1] dbeta, int nthreads,
+                  bint stream=False):
     """Fused backward on an (A, C, B) view; per channel, sums then dx."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -345,7 +345,6 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef Py_ssize_t dc = dx.strides[1] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
     cdef Py_ssize_t L = A * B
-    cdef bint nt = _stream_output(L * C, B if sb == 1 else 1, sizeof(floating))
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
     cdef const floating* xp = &x[0, 0, 0]
@@ -372,7 +371,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                              &coef[4 * c + 2], &coef[4 * c + 3])
                 _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
                                   da, db, B, 0, L, coef[4 * c], coef[4 * c + 1],
-                                  coef[4 * c + 2], coef[4 * c + 3], nt)
+                                  coef[4 * c + 2], coef[4 * c + 3], stream)
         else:
             _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split,
                                  nthreads, &mean[0], part, sdy, sdyx)
@@ -383,26 +382,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                              &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
                              &coef[4 * c + 3])
             _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
-                          nthreads, coef, nt)
+                          nthreads, coef, stream)
     fastbn_leave()
     free(part)
     free(coef)
-
-
-def set_nt_min_bytes(Py_ssize_t nbytes, Py_ssize_t run_nbytes=4096):
-    """Stream the stores (AVX build) of outputs of at least ``nbytes`` whose
-    contiguous runs have at least ``run_nbytes``; the defaults are 32 MiB and
-    4 KiB.  For tests and experiments."""
-    if nbytes < 0 or run_nbytes < 0:
-        raise ValueError(f"nbytes and run_nbytes must be >= 0, got {nbytes}, {run_nbytes}")
-    fastbn_set_nt_min_bytes(nbytes, run_nbytes)
-
-
-def get_nt_min_bytes():
-    """(nbytes, run_nbytes) from which this build streams its stores."""
-    return fastbn_get_nt_min_bytes(), fastbn_get_nt_min_run_bytes()
-
-
-def has_nt_stores():
-    """True when this build has the non-temporal store paths."""
-    return bool(FASTBN_HAVE_NT)

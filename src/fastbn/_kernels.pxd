@@ -308,6 +308,7 @@ cdef extern from *:
     }
     """
     void fastbn_stream_fence(int nt) noexcept nogil
+    int FASTBN_HAVE_NT
     void fastbn_norm_run_f(const float* p, float* q, Py_ssize_t n, float m, float a,
                            float b, int nt) noexcept nogil
     void fastbn_norm_run_d(const double* p, double* q, Py_ssize_t n, double m, double a,
@@ -702,41 +703,6 @@ cdef inline void _dx_centered(double sdy, double sdyx, double n, double gamma,
         _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
     else:
         _center_fold(mean, 0.0, 0.0, m, cb, cc)
-
-
-# Large outputs are written with non-temporal stores (AVX builds) when both
-# the whole output and its contiguous runs (a row of an (R, D) view, the H*W
-# block of an NCHW channel) are long.  Measured on the 2-core test machine,
-# best of 30 calls: (64, 64, 56, 56) float32 (49 MiB, 12.5 KiB runs) forward
-# 3.3 -> 2.4 ms and backward 6.0 -> 4.1 ms; (16384, 1024) (64 MiB, 4 KiB rows)
-# backward 9.4 -> 8.4 ms; but (4096, 1024) (16 MiB) no gain, and short runs
-# lose at any size: (128, 256, 14, 14) (24.5 MiB, 784-byte runs) 1.2 -> 2.5 ms
-# forward.  A smaller output likely stays in cache for whatever reads it
-# next, where normal stores win.
-cdef extern from *:
-    """
-    static Py_ssize_t fastbn_nt_min_bytes = (Py_ssize_t)32 << 20;
-    static Py_ssize_t fastbn_nt_min_run_bytes = 4096;
-    static void fastbn_set_nt_min_bytes(Py_ssize_t n, Py_ssize_t run) {
-        fastbn_nt_min_bytes = n;
-        fastbn_nt_min_run_bytes = run;
-    }
-    static Py_ssize_t fastbn_get_nt_min_bytes(void) { return fastbn_nt_min_bytes; }
-    static Py_ssize_t fastbn_get_nt_min_run_bytes(void) { return fastbn_nt_min_run_bytes; }
-    """
-    Py_ssize_t fastbn_nt_min_bytes
-    Py_ssize_t fastbn_nt_min_run_bytes
-    void fastbn_set_nt_min_bytes(Py_ssize_t n, Py_ssize_t run) noexcept nogil
-    Py_ssize_t fastbn_get_nt_min_bytes() noexcept nogil
-    Py_ssize_t fastbn_get_nt_min_run_bytes() noexcept nogil
-    int FASTBN_HAVE_NT
-
-
-cdef inline bint _stream_output(Py_ssize_t n, Py_ssize_t run,
-                                Py_ssize_t itemsize) noexcept nogil:
-    """Stream the stores of an output of n elements in contiguous runs of run?"""
-    return (n * itemsize >= fastbn_nt_min_bytes and
-            run * itemsize >= fastbn_nt_min_run_bytes)
 
 
 cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:

@@ -26,9 +26,7 @@ from cython cimport floating
 
 from fastbn._kernels cimport (
     _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
-    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all, _stream_output,
-    fastbn_set_nt_min_bytes, fastbn_get_nt_min_bytes, fastbn_get_nt_min_run_bytes,
-    FASTBN_HAVE_NT,
+    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
 )
 
 
@@ -230,7 +228,7 @@ def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
 def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1] gamma,
             const double[::1] mean, const double[::1] invstd, const double[::1] sdy,
             const double[::1] sdyx, double count, bint train, floating[:, :] dx,
-            int nthreads):
+            int nthreads, bint stream=False):
     """The input gradient on (R, D) views from per-feature sums over ``count`` values."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -251,14 +249,14 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
             _dx_centered(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
                          &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
         _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
-                     _stream_output(R * D, D if sd == 1 else 1, sizeof(floating)))
+                     stream)
     free(coef)
 
 
 def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
              const double[::1] gamma, const double[::1] mean, const double[::1] invstd,
              const double[::1] sdy, const double[::1] sdyx, double count, bint train,
-             floating[:, :, :] dx, int nthreads):
+             floating[:, :, :] dx, int nthreads, bint stream=False):
     """The input gradient on (A, C, B) views from per-channel sums over ``count`` values."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
@@ -285,25 +283,5 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
                          &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
                          &coef[4 * c + 3])
         _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
-                      nthreads, coef,
-                      _stream_output(L * C, B if sb == 1 else 1, sizeof(floating)))
+                      nthreads, coef, stream)
     free(coef)
-
-
-def set_nt_min_bytes(Py_ssize_t nbytes, Py_ssize_t run_nbytes=4096):
-    """Stream the stores (AVX build) of outputs of at least ``nbytes`` whose
-    contiguous runs have at least ``run_nbytes``; the defaults are 32 MiB and
-    4 KiB.  For tests and experiments."""
-    if nbytes < 0 or run_nbytes < 0:
-        raise ValueError(f"nbytes and run_nbytes must be >= 0, got {nbytes}, {run_nbytes}")
-    fastbn_set_nt_min_bytes(nbytes, run_nbytes)
-
-
-def get_nt_min_bytes():
-    """(nbytes, run_nbytes) from which this build streams its stores."""
-    return fastbn_get_nt_min_bytes(), fastbn_get_nt_min_run_bytes()
-
-
-def has_nt_stores():
-    """True when this build has the non-temporal store paths."""
-    return bool(FASTBN_HAVE_NT)

@@ -207,11 +207,12 @@ def apply_affine(x, mean, invstd, gamma, beta, spatial=False, out=None):
     alpha = _f64_vector(gamma, "gamma", D) * invstd
     beta = _f64_vector(beta, "beta", D)
     rows = _uses_rows(x, spatial)
-    result, out_view, staged = _output(x, out, "out", rows, spatial, x)
+    result, out_view, staged, stream = _output(x, out, "out", rows, spatial, x)
     if x.size:
         # the fused module's test-mode kernels are exactly this step
         kernel = _bn.rows_normalize if rows else _bn.chans_normalize
-        kernel(_view(x, rows, spatial), mean, alpha, beta, out_view, threads_for(x.size))
+        kernel(_view(x, rows, spatial), mean, alpha, beta, out_view, threads_for(x.size),
+               stream)
     if staged is not None:
         np.copyto(result, staged)
     return result
@@ -279,11 +280,11 @@ def apply_dx(dout, x, gamma, mean, invstd, sum_dout, sum_dout_xmu, count,
         raise ValueError(f"count must be positive in train mode, got {count}")
     sdy, sdyx, gamma, mean, invstd = vecs
     rows = _uses_rows(x, spatial)
-    result, dx_view, staged = _output(x, dx, "dx", rows, spatial, x, dout)
+    result, dx_view, staged, stream = _output(x, dx, "dx", rows, spatial, x, dout)
     if x.size:
         kernel = _moments.rows_dx if rows else _moments.chans_dx
         kernel(_view(x, rows, spatial), _view(dout, rows, spatial), gamma, mean, invstd,
-               sdy, sdyx, float(count), bool(train), dx_view, threads_for(x.size))
+               sdy, sdyx, float(count), bool(train), dx_view, threads_for(x.size), stream)
     if staged is not None:
         np.copyto(result, staged)
     return result
