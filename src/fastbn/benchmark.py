@@ -10,11 +10,12 @@ the best call (noise only ever adds time); the median is kept in the JSON too.
 
 What is timed, per shape and direction:
 
-* forward: train mode with the running-statistics update and a fresh output
-  (``batchnorm_forward`` / ``spatial_batchnorm_forward``,
-  ``torch.native_batch_norm``);
+* forward: train mode with the running-statistics update and an output
+  allocated by the call (``batchnorm_forward`` / ``spatial_batchnorm_forward``,
+  ``torch.native_batch_norm``; fastbn's large outputs come from its buffer
+  cache, as in any loop: ``FASTBN_BUFFER_CACHE=0`` times fresh pages);
 * backward: ``batchnorm_backward_alt`` / ``spatial_batchnorm_backward``,
-  ``torch.ops.aten.native_batch_norm_backward``, fresh ``dx``;
+  ``torch.ops.aten.native_batch_norm_backward``, ``dx`` allocated likewise;
 * stream: the physical floor, one pass over the same bytes with fastbn's
   thread count into a reused output (an OpenMP loop, :mod:`fastbn._stream`): ``x * 2`` for the forward (read
   x, write out), ``x + dout`` for the backward (read x and dout, write dx).
