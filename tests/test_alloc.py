@@ -250,3 +250,22 @@ def test_env_bad_value_is_a_clear_error(value):
     r = _run_with_env(value)
     assert r.returncode != 0
     assert "FASTBN_BUFFER_CACHE" in r.stderr
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_layernorm_outputs_use_the_cache_and_keep_x_order(rng, order):
+    x = np.asarray(rng.standard_normal((300, 1024)), order=order)      # float64, 2.4 MB
+    gamma, beta = rng.standard_normal(1024), rng.standard_normal(1024)
+    out, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    dx = compiled.layernorm_backward(rng.standard_normal(x.shape), cache)[0]
+    for a in (out, dx):
+        owner = a if a.base is None else a.base     # an F-order result is a .T view
+        assert _handler(owner) == "fastbn_buffer_cache"
+        assert a.flags.c_contiguous == (order == "C") and a.flags.f_contiguous == (order == "F")
+    want = reference.layernorm_forward(x, gamma, beta, {})[0]
+    addr = _addr(out)
+    out[...] = np.nan
+    del out
+    again = compiled.layernorm_forward(x, gamma, beta, {})[0]
+    assert _addr(again) == addr
+    np.testing.assert_allclose(again, want, rtol=1e-10, atol=1e-10)

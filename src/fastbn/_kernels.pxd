@@ -86,12 +86,19 @@ cdef extern from *:
     #endif
 
     #ifdef FASTBN_VW
+    /* the sum of all lanes of four accumulators */
+    static inline double fastbn_hsum4(fastbn_vd a0, fastbn_vd a1, fastbn_vd a2, fastbn_vd a3) {
+        double t[FASTBN_VW], s = 0.0;
+        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(a0, a1), fastbn_vadd(a2, a3)));
+        for (int l = 0; l < FASTBN_VW; l++) s += t[l];
+        return s;
+    }
     #define FASTBN_DEFINE_SEG(T, SFX)                                              \
     static inline void fastbn_seg_sums_##SFX(const T* FASTBN_RESTRICT p,          \
             Py_ssize_t n, double c, double* FASTBN_RESTRICT out) {                \
         fastbn_vd a0 = fastbn_vzero(), a1 = a0, a2 = a0, a3 = a0;                  \
         fastbn_vd b0 = a0, b1 = a0, b2 = a0, b3 = a0, cv = fastbn_vset1(c);        \
-        double t[FASTBN_VW], s1 = 0.0, s2 = 0.0;                                   \
+        double s1 = 0.0, s2 = 0.0;                                                 \
         Py_ssize_t i = 0;                                                          \
         for (; i + 4 * FASTBN_VW <= n; i += 4 * FASTBN_VW) {                       \
             fastbn_vd v0 = fastbn_vsub(fastbn_vload_##SFX(p + i), cv);             \
@@ -108,19 +115,15 @@ cdef extern from *:
             s1 += v;                                                               \
             s2 += v * v;                                                           \
         }                                                                          \
-        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(a0, a1), fastbn_vadd(a2, a3)));   \
-        for (int l = 0; l < FASTBN_VW; l++) s1 += t[l];                            \
-        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(b0, b1), fastbn_vadd(b2, b3)));   \
-        for (int l = 0; l < FASTBN_VW; l++) s2 += t[l];                            \
-        out[0] += s1;                                                              \
-        out[1] += s2;                                                              \
+        out[0] += s1 + fastbn_hsum4(a0, a1, a2, a3);                               \
+        out[1] += s2 + fastbn_hsum4(b0, b1, b2, b3);                               \
     }                                                                              \
     static inline void fastbn_seg_grad_##SFX(const T* FASTBN_RESTRICT p,          \
             const T* FASTBN_RESTRICT q, Py_ssize_t n, double m,                    \
             double* FASTBN_RESTRICT out) {                                         \
         fastbn_vd a0 = fastbn_vzero(), a1 = a0, a2 = a0, a3 = a0;                  \
         fastbn_vd b0 = a0, b1 = a0, b2 = a0, b3 = a0, mv = fastbn_vset1(m);        \
-        double t[FASTBN_VW], s1 = 0.0, s2 = 0.0;                                   \
+        double s1 = 0.0, s2 = 0.0;                                                 \
         Py_ssize_t i = 0;                                                          \
         for (; i + 4 * FASTBN_VW <= n; i += 4 * FASTBN_VW) {                       \
             fastbn_vd g0 = fastbn_vload_##SFX(q + i);                              \
@@ -139,12 +142,8 @@ cdef extern from *:
             s1 += g;                                                               \
             s2 += g * ((double)p[i] - m);                                          \
         }                                                                          \
-        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(a0, a1), fastbn_vadd(a2, a3)));   \
-        for (int l = 0; l < FASTBN_VW; l++) s1 += t[l];                            \
-        fastbn_vstore(t, fastbn_vadd(fastbn_vadd(b0, b1), fastbn_vadd(b2, b3)));   \
-        for (int l = 0; l < FASTBN_VW; l++) s2 += t[l];                            \
-        out[0] += s1;                                                              \
-        out[1] += s2;                                                              \
+        out[0] += s1 + fastbn_hsum4(a0, a1, a2, a3);                               \
+        out[1] += s2 + fastbn_hsum4(b0, b1, b2, b3);                               \
     }
     #else  /* no SIMD header (not x86): plain loops, the compiler vectorizes */
     #define FASTBN_DEFINE_SEG(T, SFX)                                              \

@@ -8,6 +8,7 @@ the per-row mean and inverse standard deviation in float64.
 """
 import numpy as np
 
+from ._alloc import empty
 from . import _ln
 from ._config import threads_for
 from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
@@ -34,6 +35,15 @@ class LayerNormCache:
 
     def __repr__(self):
         return f"<fastbn layernorm cache, x{self.x.shape} {self.x.dtype}>"
+
+
+def _empty_like(x):
+    """An output in x's memory order; C or Fortran ones from the buffer cache."""
+    if x.flags.c_contiguous:
+        return empty(x.shape, x.dtype)
+    if x.flags.f_contiguous:
+        return empty(x.shape[::-1], x.dtype).T
+    return np.empty_like(x, order="K", subok=False)
 
 
 def layernorm_forward(x, gamma, beta, ln_param, out=None):
@@ -66,7 +76,7 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
     if out is None:
-        out = np.empty_like(x, order="K", subok=False)
+        out = _empty_like(x)
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
     gamma = np.ascontiguousarray(p.gamma)
@@ -132,7 +142,7 @@ def layernorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = np.empty_like(x, order="K", subok=False)
+        dx = _empty_like(x)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
     D = x.shape[1]
