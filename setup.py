@@ -43,7 +43,8 @@ def _compiler_has_openmp(compiler, flags):
 # module stays plain x86-64 and fastbn.compiled loads the variant only when
 # the running CPU has both features, so every wheel still runs everywhere.
 ISA_VARIANTS = {"_bn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
-                "_moments_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+                "_moments_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
+                "_ln_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
 
 
 def _compiler_accepts(compiler, flags):

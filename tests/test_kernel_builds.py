@@ -197,3 +197,55 @@ def test_fresh_pages_are_not_streamed(monkeypatch, rng):
     assert not compiled._stream_stores(view, False)
     short = rng.standard_normal((3000, 100)).astype(np.float32)  # 400-byte rows
     assert not compiled._stream_stores(compiled._view(short, True, False), True)
+
+
+def _ln_builds():
+    out = [pytest.param("_ln", id="ln-baseline")]
+    base = importlib.import_module("fastbn._bn")
+    if not base.cpu_has_avx2_fma():
+        out.append(pytest.param("_ln_avx2", id="ln-avx2",
+                                marks=pytest.mark.skip("CPU lacks AVX2/FMA")))
+    elif importlib.util.find_spec("fastbn._ln_avx2") is None:
+        out.append(pytest.param("_ln_avx2", id="ln-avx2", marks=pytest.mark.skip("not built")))
+    else:
+        out.append(pytest.param("_ln_avx2", id="ln-avx2"))
+    return out
+
+
+@pytest.fixture(params=_ln_builds())
+def ln_build(request, monkeypatch):
+    from fastbn import compiled_ln
+    mod = importlib.import_module(f"fastbn.{request.param}")
+    monkeypatch.setattr(compiled_ln, "_ln", mod)
+    return mod
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,layout", [
+    ((37, 19), "C"), ((37, 19), "F"), ((5, 1003), "C"), ((300, 5), "strided"),
+    ((3, 16), "C"), ((4, 17), "reversed"), ((1, 1), "C"),
+])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_ln_build_matches_reference(ln_build, rng, dtype, shape, layout, offset):
+    x, gamma, beta, dout = make_case(rng, shape, dtype, offset=offset)
+    x, dout = with_layout(x, layout), with_layout(dout, layout)
+    x64, g64, b64, d64 = (a.astype(np.float64) for a in (x, gamma, beta, dout))
+    want, rcache = reference.layernorm_forward(x64, g64, b64, {})
+    dwant = reference.layernorm_backward(d64, rcache)
+    got, cache = compiled.layernorm_forward(x, gamma, beta, {})
+    dgot = compiled.layernorm_backward(dout, cache)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+    for g, w in zip(dgot, dwant):
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
+                                   atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+
+
+def test_ln_build_reports_its_isa(ln_build):
+    assert ln_build.kernel_isa() == ("avx2" if ln_build.__name__.endswith("avx2")
+                                     else "baseline")
+
+
+def test_ln_follows_the_batchnorm_build():
+    from fastbn import compiled_ln
+    assert compiled_ln._ln.kernel_isa() == compiled.KERNEL_ISA

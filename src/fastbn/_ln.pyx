@@ -29,7 +29,25 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
-from fastbn._kernels cimport _finish_moments, _row_chunks
+from fastbn._kernels cimport (
+    _center_fold, _finish_moments, _row_chunks, fastbn_seg_sums_d, fastbn_seg_sums_f,
+)
+
+
+cdef extern from *:
+    """
+    #if defined(__AVX2__)
+    static const char fastbn_ln_isa[] = "avx2";
+    #else
+    static const char fastbn_ln_isa[] = "baseline";
+    #endif
+    """
+    const char* fastbn_ln_isa
+
+
+def kernel_isa():
+    """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
+    return fastbn_ln_isa.decode()
 
 
 cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -43,6 +61,8 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     cdef const floating* xr
     cdef floating* yrow
     cdef double c, v, s1, s2, var, alpha, shift
+    cdef double acc[2]
+    cdef floating mf, af, of
     for i in range(r0, r1):
         xr = x + i * sr
         yrow = y + i * yr
@@ -50,10 +70,15 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         s1 = 0.0
         s2 = 0.0
         if sd == 1:
-            for j in range(D):
-                v = xr[j] - c
-                s1 += v
-                s2 += v * v
+            # the channel-run sums of batch norm: four float64 accumulators
+            acc[0] = 0.0
+            acc[1] = 0.0
+            if floating is float:
+                fastbn_seg_sums_f(xr, D, c, acc)
+            else:
+                fastbn_seg_sums_d(xr, D, c, acc)
+            s1 = acc[0]
+            s2 = acc[1]
         else:
             for j in range(D):
                 v = xr[j * sd] - c
@@ -62,7 +87,13 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         _finish_moments(s1, s2, D, c, eps, &mean[i], &var, &invstd[i])
         alpha = invstd[i]
         shift = -mean[i] * alpha
-        if sd == 1 and yd == 1:
+        if floating is float and sd == 1 and yd == 1:
+            # in float32 (twice the vector width), centred as in batch norm's
+            # output pass: exact x - m near the mean, the rest in the offset
+            _center_fold(mean[i], alpha, 0.0, &mf, &af, &of)
+            for j in range(D):
+                yrow[j] = gamma[j] * ((xr[j] - mf) * af + of) + beta[j]
+        elif sd == 1 and yd == 1:
             for j in range(D):
                 yrow[j] = <floating>(gamma[j] * (xr[j] * alpha + shift) + beta[j])
         else:
@@ -101,10 +132,28 @@ cdef inline void _backward_row_pair(const floating* x0, const floating* g0,
     b1 = -inv1 * inv1 * inv1 * sgx1 / D
     e0 = -inv0 * sg0 / D
     e1 = -inv1 * sg1 / D
-    for j in range(D):
-        d0[j] = <floating>(inv0 * (gamma[j] * <double>g0[j]) + b0 * (x0[j] - mu0) + e0)
-    for j in range(D):
-        d1[j] = <floating>(inv1 * (gamma[j] * <double>g1[j]) + b1 * (x1[j] - mu1) + e1)
+    _dx_row(x0, g0, d0, D, gamma, mu0, inv0, b0, e0)
+    _dx_row(x1, g1, d1, D, gamma, mu1, inv1, b1, e1)
+
+
+cdef inline void _dx_row(const floating* xr, const floating* grow, floating* drow,
+                         Py_ssize_t D, const floating* gamma, double mu, double inv,
+                         double b, double c0) noexcept nogil:
+    """dx = inv * gamma * g + b * (x - mu) + c0 over one contiguous row.
+
+    float32 rows compute in float32 (twice the vector width), centred as in
+    batch norm's dx pass (_center_fold): x - m is exact near the mean.
+    """
+    cdef Py_ssize_t j
+    cdef floating ca, cb, m, cc
+    if floating is float:
+        ca = <float>inv
+        _center_fold(mu, b, c0, &m, &cb, &cc)
+        for j in range(D):
+            drow[j] = ca * (gamma[j] * grow[j]) + cb * (xr[j] - m) + cc
+    else:
+        for j in range(D):
+            drow[j] = inv * (gamma[j] * grow[j]) + b * (xr[j] - mu) + c0
 
 
 cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -166,9 +215,7 @@ cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         b = -inv * inv * inv * sgx / D
         c0 = -inv * sg / D
         if sd == 1 and gd == 1 and dd == 1:
-            for j in range(D):
-                drow[j] = <floating>(inv * (gamma[j] * <double>grow[j])
-                                     + b * (xr[j] - mu) + c0)
+            _dx_row(xr, grow, drow, D, gamma, mu, inv, b, c0)
         else:
             for j in range(D):
                 drow[j * dd] = <floating>(inv * (gamma[j] * <double>grow[j * gd])

@@ -8,10 +8,27 @@ the per-row mean and inverse standard deviation in float64.
 """
 import numpy as np
 
+from . import _ln as _ln_baseline
 from ._alloc import empty
-from . import _ln
 from ._config import threads_for
 from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
+
+
+def _select_kernels():
+    """The build matching the batch-norm kernels' (``FASTBN_KERNELS`` included)."""
+    from .compiled import KERNEL_ISA
+    if KERNEL_ISA == "avx2":
+        try:
+            from . import _ln_avx2
+        except ImportError:
+            pass
+        else:
+            if _ln_avx2.kernel_isa() == "avx2":
+                return _ln_avx2
+    return _ln_baseline
+
+
+_ln = _select_kernels()
 
 F64 = np.float64
 
