@@ -411,12 +411,27 @@ cdef inline void _rows_grad_sums(const floating* x, Py_ssize_t sr, Py_ssize_t sd
     cdef const floating* gr_
     cdef const floating* b0
     cdef const floating* b1
-    cdef double g, g0, g1, m
+    cdef double g, g0, g1, g2, g3, m
     for j in range(D):
         sdy[j] = 0.0
         sdyx[j] = 0.0
     if floating is float and sd == 1 and gd == 1:
-        # two rows per sweep (two inputs each), as in _rows_sums (float32 only)
+        # four rows per sweep, then two, as in _rows_sums (float32 only): the
+        # float64 sums of a wide row live in L2, so each sweep costs a load
+        # and a store of them
+        while i + 4 <= r1:
+            xr = x + i * sr
+            b0 = dy + i * gr
+            for j in range(D):
+                m = mean[j]
+                g0 = b0[j]
+                g1 = b0[j + gr]
+                g2 = b0[j + 2 * gr]
+                g3 = b0[j + 3 * gr]
+                sdy[j] += (g0 + g1) + (g2 + g3)
+                sdyx[j] += ((g0 * (xr[j] - m) + g1 * (xr[j + sr] - m)) +
+                            (g2 * (xr[j + 2 * sr] - m) + g3 * (xr[j + 3 * sr] - m)))
+            i += 4
         while i + 2 <= r1:
             xr = x + i * sr
             b0 = dy + i * gr
