@@ -219,8 +219,8 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
                                 &invstd[c])
                 _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
                              &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
-                             stream)
+            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads,
+                                 coef, stream)
         for c in range(C):
             new_running[0, c] = <floating>(momentum * running_mean[c] +
                                            (1.0 - momentum) * mean[c])
@@ -332,7 +332,7 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                    const floating[::1] gamma, const double[::1] mean,
                    const double[::1] invstd, bint train, floating[:, :, :] dx,
                    floating[::1] dgamma, floating[::1] dbeta, int nthreads,
-                  bint stream=False):
+                   bint stream=False):
     """Fused backward on an (A, C, B) view; per channel, sums then dx."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
     cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
