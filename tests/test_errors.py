@@ -206,6 +206,15 @@ BAD_FORWARD = [
           ("str", "zeros", TypeError),
           ("list_of_str", ["a", "b", "c"], TypeError),
       ]],
+    *[(f"running_var_negative_{case}", RUN, _param("running_var", v), ValueError,
+       r"bn_param\['running_var'\] must be >= 0.*feature")
+      for case, v in [
+          ("one", lambda a, s: np.where(np.arange(len(a["gamma"])) == 1, -1e-3, 1.0)
+           .astype(a["x"].dtype)),
+          ("all", lambda a, s: -np.ones(len(a["gamma"]), a["x"].dtype)),
+          ("minus_tiny", lambda a, s: np.full(len(a["gamma"]), -np.finfo(a["x"].dtype).tiny,
+                                              a["x"].dtype)),
+      ]],
 ]
 
 

@@ -118,6 +118,13 @@ def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
         if value is not None:
             value = check_vector(value, f"bn_param['{key}']", size, x.dtype)
         running.append(value)
+    # a variance below zero is no variance: in test mode sqrt(var + eps) would
+    # be NaN for that feature, in train mode it would be blended into the new
+    # running_var.  NaN entries pass (NaN stays in its feature, as in x).
+    if running[1] is not None and (running[1] < 0).any():
+        bad = int(np.flatnonzero(running[1] < 0)[0])
+        raise ValueError(f"bn_param['running_var'] must be >= 0, got {running[1][bad]!r} "
+                         f"for feature {bad}")
     return NormParams(x, gamma, beta, mode, eps, momentum, *running)
 
 
