@@ -391,9 +391,21 @@ BAD_OUT = [
     ("float32", lambda a: np.full(a["x"].shape, 7, np.float32), TypeError, "must have dtype"),
     ("int", lambda a: np.full(a["x"].shape, 7, np.int64), TypeError, "must have dtype"),
     ("read_only", lambda a: _readonly(np.full_like(a["x"], 7.0)), ValueError, "read-only"),
+    # writeable buffers whose elements share memory: the kernel's writes would collide
+    ("zero_stride", lambda a: _self_overlapping(a["x"], 0), ValueError, "share memory"),
+    ("short_stride", lambda a: _self_overlapping(a["x"], 1), ValueError, "share memory"),
     ("is_x", lambda a: a["x"], ValueError, "must not overlap"),
     ("view_of_x", lambda a: a["x"][...], ValueError, "must not overlap"),
 ]
+
+
+def _self_overlapping(x, lead_stride_items):
+    """A writeable array of x's shape whose leading axis steps lead_stride_items items."""
+    from numpy.lib.stride_tricks import as_strided
+    base = np.full(x.size * 2, 7.0, x.dtype)
+    strides = (lead_stride_items * x.itemsize,) + tuple(
+        x.itemsize * int(np.prod(x.shape[k + 1:])) for k in range(1, x.ndim))
+    return as_strided(base, x.shape, strides, writeable=True)
 
 
 def _readonly(a):

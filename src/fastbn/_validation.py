@@ -140,6 +140,20 @@ def check_dout(dout, x):
     return dout
 
 
+def _self_overlaps(a):
+    """Could two elements of ``a`` share memory?  (May say yes for exotic layouts.)
+
+    Sufficient test for no overlap: with the axes sorted by stride, each
+    stride steps over everything the smaller-strided axes span.
+    """
+    span = a.itemsize
+    for stride, n in sorted((abs(st), n) for n, st in zip(a.shape, a.strides) if n > 1):
+        if stride < span:
+            return True
+        span = stride * (n - 1) + span
+    return False
+
+
 def check_out(out, name, shape, dtype, *inputs):
     """A caller-supplied output buffer: right shape and dtype, writeable, no overlap."""
     if type(out) is not np.ndarray:
@@ -150,6 +164,10 @@ def check_out(out, name, shape, dtype, *inputs):
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if not (out.flags.c_contiguous or out.flags.f_contiguous) and _self_overlaps(out):
+        raise ValueError(f"{name} has elements that share memory (a zero or too small "
+                         f"stride, e.g. from as_strided or broadcast_to): each output "
+                         f"element needs its own place; pass a regular array")
     for arr in inputs:
         if np.may_share_memory(out, arr):
             raise ValueError(f"{name} must not overlap the inputs (x, dout, gamma, beta, "
