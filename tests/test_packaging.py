@@ -51,6 +51,22 @@ def test_show_config_prints_report():
     assert "OpenMP:" in text and "threads:" in text and "kernels:" in text
 
 
+def test_show_config_reports_the_buffer_cache():
+    from fastbn import compiled
+    before = fastbn.show_config("dicts")["buffer_cache"]
+    assert before["limit"] == fastbn.buffer_cache_info()["limit"]
+    x = np.ones((300, 1024), np.float32)                       # a 1.2 MB output
+    out = compiled.batchnorm_forward(x, np.ones(1024, np.float32),
+                                     np.zeros(1024, np.float32), {"mode": "train"})[0]
+    del out
+    after = fastbn.show_config("dicts")["buffer_cache"]
+    assert after["bytes"] >= x.nbytes and after["blocks"] >= 1
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        fastbn.show_config()
+    assert "buffer cache:" in buf.getvalue() and "freed outputs kept" in buf.getvalue()
+
+
 def test_show_config_bad_mode_names_argument():
     with pytest.raises(ValueError, match="mode"):
         fastbn.show_config("json")

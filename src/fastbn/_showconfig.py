@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from . import _buildinfo, compiled
+from ._alloc import buffer_cache_info
 from ._config import get_num_threads, openmp_enabled
 from ._threads import omp_max_threads
 from ._version import __version__
@@ -84,8 +85,13 @@ def _config():
             "omp_max_threads": omp_max_threads(),
         },
         "threads": get_num_threads(),
+        "buffer_cache": buffer_cache_info(),
         "cpu_features": _cpu_features(),
     }
+
+
+def _mib(n):
+    return f"{n / 2**20:.1f} MiB"
 
 
 def show_config(mode: str = "stdout") -> "dict | None":
@@ -94,8 +100,9 @@ def show_config(mode: str = "stdout") -> "dict | None":
     Reports the version, the compiler and the instruction-set level the
     baseline was compiled for (read from the binary), which build of the
     batch-norm kernels runs (``'baseline'`` or ``'avx2'``), whether OpenMP is
-    compiled in, the thread count a large kernel call will use, the NumPy
-    version and the running CPU's features.  ``fastbn info`` prints the same.
+    compiled in, the thread count a large kernel call will use, what the
+    buffer cache of freed outputs holds, the NumPy version and the running
+    CPU's features.  ``fastbn info`` prints the same.
 
     Parameters
     ----------
@@ -113,7 +120,7 @@ def show_config(mode: str = "stdout") -> "dict | None":
     cfg = _config()
     if mode == "dicts":
         return cfg
-    b, o = cfg["build"], cfg["openmp"]
+    b, o, bc = cfg["build"], cfg["openmp"], cfg["buffer_cache"]
     omp = f"yes (OpenMP {o['version']})" if o["enabled"] else "no (serial build)"
     lines = [
         f"fastbn {cfg['fastbn']['version']}  ({cfg['fastbn']['path']})",
@@ -128,6 +135,8 @@ def show_config(mode: str = "stdout") -> "dict | None":
         f"fastbn flags:  {b['extra_compile_args']}",
         f"OpenMP:        {omp}",
         f"threads:       {cfg['threads']}",
+        f"buffer cache:  {_mib(bc['bytes'])} in {bc['blocks']} freed outputs kept, limit "
+        f"{_mib(bc['limit'])} (fastbn.set_buffer_cache, FASTBN_BUFFER_CACHE)",
         f"CPU features:  {' '.join(cfg['cpu_features']) or 'unknown'}",
     ]
     print("\n".join(lines))
