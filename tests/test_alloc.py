@@ -269,3 +269,26 @@ def test_layernorm_outputs_use_the_cache_and_keep_x_order(rng, order):
     again = compiled.layernorm_forward(x, gamma, beta, {})[0]
     assert _addr(again) == addr
     np.testing.assert_allclose(again, want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_callers_own_handler_is_respected(rng):
+    """With a non-default handler in force, fastbn allocates through it, untouched."""
+    x, gamma, beta, dout = _case(rng)
+    before = fastbn.buffer_cache_info()
+
+    def call():
+        out, cache = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+        dx = compiled.spatial_batchnorm_backward(dout, cache)[0]
+        return out, dx, _alloc.empty_reused(x.shape, x.dtype)
+
+    out, dx, (arr, reused) = _alloc._in_foreign_context(call)
+    for a in (out, dx, arr):
+        assert _handler(a) == "fastbn_test_passthrough"
+    assert reused is False
+    after = fastbn.buffer_cache_info()
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    want = reference.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+    np.testing.assert_allclose(out, want, rtol=2e-5, atol=2e-5)
+    # outside that context the cache is used again
+    out2 = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
+    assert _handler(out2) == "fastbn_buffer_cache"

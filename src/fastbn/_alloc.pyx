@@ -139,18 +139,46 @@ cdef extern from *:
 
     static PyObject* fastbn_handler_capsule = NULL;
 
+    /* For tests only: a handler that is not NumPy's default but passes every
+       call through to it, standing in for a caller's own handler. */
+    static void* fastbn_pt_malloc(void* c, size_t n) { (void)c; return fastbn_base_malloc(n); }
+    static void* fastbn_pt_calloc(void* c, size_t n, size_t sz) {
+        return fastbn_cache_calloc(c, n, sz); }
+    static void* fastbn_pt_realloc(void* c, void* p, size_t n) {
+        return fastbn_cache_realloc(c, p, n); }
+    static void fastbn_pt_free(void* c, void* p, size_t n) { (void)c; fastbn_base_free(p, n); }
+    static PyDataMem_Handler fastbn_passthrough_handler = {
+        "fastbn_test_passthrough", 1,
+        {NULL, fastbn_pt_malloc, fastbn_pt_calloc, fastbn_pt_realloc, fastbn_pt_free}
+    };
+    static PyObject* fastbn_passthrough_capsule = NULL;
+
     static int fastbn_alloc_init(void) {
         if (_import_array() < 0) return -1;
         fastbn_base = (PyDataMem_Handler*)PyCapsule_GetPointer(PyDataMem_DefaultHandler,
                                                                "mem_handler");
         if (fastbn_base == NULL) return -1;
         fastbn_handler_capsule = PyCapsule_New(&fastbn_handler, "mem_handler", NULL);
-        return fastbn_handler_capsule == NULL ? -1 : 0;
+        fastbn_passthrough_capsule = PyCapsule_New(&fastbn_passthrough_handler,
+                                                   "mem_handler", NULL);
+        return (fastbn_handler_capsule == NULL || fastbn_passthrough_capsule == NULL) ? -1 : 0;
+    }
+
+    /* Is NumPy's default handler the one in force here?  A caller who set
+       their own (to track or place memory) keeps it for fastbn's outputs. */
+    static int fastbn_default_handler_active(void) {
+        PyObject* h = PyDataMem_GetHandler();
+        int r = (h == PyDataMem_DefaultHandler);
+        Py_XDECREF(h);
+        return r;
     }
 
     /* Install fastbn's handler for this context; returns the previous one. */
     static PyObject* fastbn_use_cache(void) {
         return PyDataMem_SetHandler(fastbn_handler_capsule);
+    }
+    static PyObject* fastbn_use_passthrough(void) {
+        return PyDataMem_SetHandler(fastbn_passthrough_capsule);
     }
     static PyObject* fastbn_restore(PyObject* old) {
         return PyDataMem_SetHandler(old);
@@ -158,6 +186,8 @@ cdef extern from *:
     """
     int fastbn_alloc_init() except -1
     object fastbn_use_cache()
+    int fastbn_default_handler_active()
+    object fastbn_use_passthrough()
     object fastbn_restore(object old)
     void fastbn_cache_set_limit(size_t limit)
     size_t fastbn_limit, fastbn_cached_bytes, fastbn_hits, fastbn_misses
@@ -226,7 +256,7 @@ def empty_reused(shape, dtype):
     cdef Py_ssize_t n = np.dtype(dtype).itemsize
     for s in shape:
         n *= s
-    if n < MIN_BYTES or fastbn_limit == 0:
+    if n < MIN_BYTES or fastbn_limit == 0 or not fastbn_default_handler_active():
         return np.empty(shape, dtype), False
     hits = fastbn_hits          # the GIL is held from here to the allocation
     old = fastbn_use_cache()
@@ -235,6 +265,19 @@ def empty_reused(shape, dtype):
     finally:
         fastbn_restore(old)
     return a, fastbn_hits != hits
+
+
+def _in_foreign_context(fn):
+    """Call fn() with a non-default (pass-through) handler in force.
+
+    For tests: it stands in for a caller's own handler, which :func:`empty`
+    must leave in charge of fastbn's outputs.
+    """
+    old = fastbn_use_passthrough()
+    try:
+        return fn()
+    finally:
+        fastbn_restore(old)
 
 
 def _limit_from_env():
