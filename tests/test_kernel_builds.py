@@ -17,17 +17,18 @@ from fastbn import compiled, reference
 from conftest import TOL, make_case, with_layout
 
 
-def _builds():
-    out = [pytest.param("_bn", id="baseline")]
-    base = importlib.import_module("fastbn._bn")
-    avx2 = pytest.param("_bn_avx2", id="avx2")
+def _builds(name="_bn", id_prefix=""):
+    """The baseline and AVX2 builds of kernel module ``name``, as test params."""
+    avx2 = f"{name}_avx2"
+    marks = []
     # Ask the CPU before importing: even loading the AVX2 module (its init code
     # is compiled with -mavx2) dies of SIGILL on a CPU without AVX2.
-    if not base.cpu_has_avx2_fma():
-        avx2 = pytest.param("_bn_avx2", id="avx2", marks=pytest.mark.skip("CPU lacks AVX2/FMA"))
-    elif importlib.util.find_spec("fastbn._bn_avx2") is None:
-        avx2 = pytest.param("_bn_avx2", id="avx2", marks=pytest.mark.skip("not built"))
-    return out + [avx2]
+    if not importlib.import_module("fastbn._bn").cpu_has_avx2_fma():
+        marks = [pytest.mark.skip("CPU lacks AVX2/FMA")]
+    elif importlib.util.find_spec(f"fastbn.{avx2}") is None:
+        marks = [pytest.mark.skip("not built")]
+    return [pytest.param(name, id=f"{id_prefix}baseline"),
+            pytest.param(avx2, id=f"{id_prefix}avx2", marks=marks)]
 
 
 @pytest.fixture(params=_builds())
@@ -199,20 +200,7 @@ def test_fresh_pages_are_not_streamed(monkeypatch, rng):
     assert not compiled._stream_stores(compiled._view(short, True, False), True)
 
 
-def _ln_builds():
-    out = [pytest.param("_ln", id="ln-baseline")]
-    base = importlib.import_module("fastbn._bn")
-    if not base.cpu_has_avx2_fma():
-        out.append(pytest.param("_ln_avx2", id="ln-avx2",
-                                marks=pytest.mark.skip("CPU lacks AVX2/FMA")))
-    elif importlib.util.find_spec("fastbn._ln_avx2") is None:
-        out.append(pytest.param("_ln_avx2", id="ln-avx2", marks=pytest.mark.skip("not built")))
-    else:
-        out.append(pytest.param("_ln_avx2", id="ln-avx2"))
-    return out
-
-
-@pytest.fixture(params=_ln_builds())
+@pytest.fixture(params=_builds("_ln", id_prefix="ln-"))
 def ln_build(request, monkeypatch):
     from fastbn import compiled_ln
     mod = importlib.import_module(f"fastbn.{request.param}")

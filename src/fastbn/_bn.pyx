@@ -33,6 +33,7 @@ from fastbn._kernels cimport (
     _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
     _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
     _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
+    fastbn_kernel_isa,
 )
 
 cdef extern from *:
@@ -45,16 +46,8 @@ cdef extern from *:
     #else
     static int fastbn_cpu_has_avx2_fma(void) { return 0; }  /* no runtime check here */
     #endif
-    #if defined(__AVX2__) && defined(__FMA__)
-    static const char fastbn_kernel_isa[] = "avx2";
-    #elif defined(__AVX2__)    /* MSVC /arch:AVX2 implies FMA use but defines no __FMA__ */
-    static const char fastbn_kernel_isa[] = "avx2";
-    #else
-    static const char fastbn_kernel_isa[] = "baseline";
-    #endif
     """
     int fastbn_cpu_has_avx2_fma() nogil
-    const char* fastbn_kernel_isa
 
 
 # Kernel calls in flight in this module.  A call that starts while another

@@ -307,7 +307,6 @@ cdef extern from *:
     }
     """
     void fastbn_stream_fence(int nt) noexcept nogil
-    int FASTBN_HAVE_NT
     void fastbn_norm_run_f(const float* p, float* q, Py_ssize_t n, float m, float a,
                            float b, int nt) noexcept nogil
     void fastbn_norm_run_d(const double* p, double* q, Py_ssize_t n, double m, double a,
@@ -339,6 +338,21 @@ cdef extern from *:
     void fastbn_rows2_grad_d(const double* x0, Py_ssize_t sr, const double* g0,
                              Py_ssize_t gr, Py_ssize_t D, const double* m, double* sdy,
                              double* sdyx) noexcept nogil
+
+
+# The instruction set the including module is compiled for: each kernel
+# module (baseline and AVX2 builds of _bn, _moments, _ln) reports its own.
+cdef extern from *:
+    """
+    #if defined(__AVX2__) && defined(__FMA__)
+    static const char fastbn_kernel_isa[] = "avx2";
+    #elif defined(__AVX2__)    /* MSVC /arch:AVX2 implies FMA use but defines no __FMA__ */
+    static const char fastbn_kernel_isa[] = "avx2";
+    #else
+    static const char fastbn_kernel_isa[] = "baseline";
+    #endif
+    """
+    const char* fastbn_kernel_isa
 
 
 # --------------------------------------------------------------------------

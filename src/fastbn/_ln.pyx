@@ -30,24 +30,14 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _center_fold, _finish_moments, _row_chunks, fastbn_seg_sums_d, fastbn_seg_sums_f,
+    _add_row_partials, _center_fold, _finish_moments, _row_chunks, fastbn_kernel_isa,
+    fastbn_seg_sums_d, fastbn_seg_sums_f,
 )
-
-
-cdef extern from *:
-    """
-    #if defined(__AVX2__)
-    static const char fastbn_ln_isa[] = "avx2";
-    #else
-    static const char fastbn_ln_isa[] = "baseline";
-    #endif
-    """
-    const char* fastbn_ln_isa
 
 
 def kernel_isa():
     """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
-    return fastbn_ln_isa.decode()
+    return fastbn_kernel_isa.decode()
 
 
 cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -421,11 +411,12 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
-    cdef double s1, s2
-    # per block: D partial sums for dgamma, then D for dbeta
-    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    # per block: D partial sums for dgamma, then D for dbeta; then their totals
+    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    cdef double* sgamma = part + 2 * nch * D
+    cdef double* sbeta = sgamma + D
     cdef bint cols = _column_major(R, D, sr, sd)
     with nogil:
         for t in prange(nch, num_threads=nthreads, schedule="static"):
@@ -437,12 +428,8 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
                 _backward_rows(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
                                (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
                                part + 2 * t * D, part + (2 * t + 1) * D)
+        _add_row_partials(part, nch, D, sgamma, sbeta)
         for j in range(D):
-            s1 = 0.0
-            s2 = 0.0
-            for t in range(nch):
-                s1 = s1 + part[2 * t * D + j]
-                s2 = s2 + part[(2 * t + 1) * D + j]
-            dgamma[j] = <floating>s1
-            dbeta[j] = <floating>s2
+            dgamma[j] = <floating>sgamma[j]
+            dbeta[j] = <floating>sbeta[j]
     free(part)

@@ -26,24 +26,13 @@ from cython cimport floating
 
 from fastbn._kernels cimport (
     _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
-    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
+    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all, fastbn_kernel_isa,
 )
-
-
-cdef extern from *:
-    """
-    #if defined(__AVX2__)
-    static const char fastbn_moments_isa[] = "avx2";
-    #else
-    static const char fastbn_moments_isa[] = "baseline";
-    #endif
-    """
-    const char* fastbn_moments_isa
 
 
 def kernel_isa():
     """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
-    return fastbn_moments_isa.decode()
+    return fastbn_kernel_isa.decode()
 
 
 cdef inline void _moments_from_sums(double s1, double s2, double n, double center,

@@ -7,6 +7,7 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
+import importlib
 import os
 
 import numpy as np
@@ -53,6 +54,23 @@ def _select_kernels():
 # tests can patch it)
 _bn = _select_kernels()
 KERNEL_ISA = _bn.kernel_isa()
+
+
+def matching_build(baseline, avx2_name):
+    """The build of another kernel module (``_moments``, ``_ln``) matching ``_bn``'s.
+
+    Its AVX2 build ``fastbn.<avx2_name>`` when the batch-norm kernels run
+    theirs (``FASTBN_KERNELS`` included) and it is installed, else ``baseline``:
+    the pieces and the fused kernels always share one instruction set.
+    """
+    if KERNEL_ISA == "avx2":
+        try:
+            variant = importlib.import_module(f"fastbn.{avx2_name}")
+        except ImportError:
+            return baseline
+        if variant.kernel_isa() == "avx2":
+            return variant
+    return baseline
 
 
 class BatchNormCache:

@@ -13,22 +13,9 @@ from ._alloc import empty
 from ._config import threads_for
 from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
 
+from .compiled import matching_build
 
-def _select_kernels():
-    """The build matching the batch-norm kernels' (``FASTBN_KERNELS`` included)."""
-    from .compiled import KERNEL_ISA
-    if KERNEL_ISA == "avx2":
-        try:
-            from . import _ln_avx2
-        except ImportError:
-            pass
-        else:
-            if _ln_avx2.kernel_isa() == "avx2":
-                return _ln_avx2
-    return _ln_baseline
-
-
-_ln = _select_kernels()
+_ln = matching_build(_ln_baseline, "_ln_avx2")
 
 F64 = np.float64
 

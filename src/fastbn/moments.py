@@ -27,23 +27,9 @@ import numpy as np
 from . import _moments as _moments_baseline
 from ._config import threads_for
 from ._validation import as_float_array, check_dout, check_out
-from .compiled import KERNEL_ISA, _bn, _output, _uses_rows, _view
+from .compiled import _bn, _output, _uses_rows, _view, matching_build
 
-
-def _select_kernels():
-    """The build matching the fused kernels' (``FASTBN_KERNELS`` included)."""
-    if KERNEL_ISA == "avx2":
-        try:
-            from . import _moments_avx2
-        except ImportError:
-            pass
-        else:
-            if _moments_avx2.kernel_isa() == "avx2":
-                return _moments_avx2
-    return _moments_baseline
-
-
-_moments = _select_kernels()
+_moments = matching_build(_moments_baseline, "_moments_avx2")
 
 F64 = np.float64
 
