@@ -58,6 +58,16 @@ cdef extern from *:
         fastbn_base->allocator.free(fastbn_base->allocator.ctx, p, size);
     }
 
+    /* Take block i out of the list (lock held). */
+    static fastbn_block fastbn_take(int i) {
+        fastbn_block b = fastbn_blocks[i];
+        fastbn_cached_bytes -= b.size;
+        memmove(fastbn_blocks + i, fastbn_blocks + i + 1,
+                (size_t)(fastbn_nblocks - i - 1) * sizeof(fastbn_block));
+        fastbn_nblocks--;
+        return b;
+    }
+
     static void* fastbn_cache_malloc(void* ctx, size_t size) {
         void* p = NULL;
         int i;
@@ -65,11 +75,7 @@ cdef extern from *:
         fastbn_lock();
         for (i = fastbn_nblocks - 1; i >= 0; i--) {      /* newest first: warmest */
             if (fastbn_blocks[i].size == size) {
-                p = fastbn_blocks[i].ptr;
-                fastbn_cached_bytes -= size;
-                memmove(fastbn_blocks + i, fastbn_blocks + i + 1,
-                        (size_t)(fastbn_nblocks - i - 1) * sizeof(fastbn_block));
-                fastbn_nblocks--;
+                p = fastbn_take(i).ptr;
                 break;
             }
         }
@@ -96,13 +102,8 @@ cdef extern from *:
         fastbn_lock();
         if (size > 0 && size <= fastbn_limit) {
             while (fastbn_nblocks > 0 && (fastbn_nblocks == FASTBN_MAX_BLOCKS ||
-                                          fastbn_cached_bytes + size > fastbn_limit)) {
-                evicted[nev++] = fastbn_blocks[0];
-                fastbn_cached_bytes -= fastbn_blocks[0].size;
-                memmove(fastbn_blocks, fastbn_blocks + 1,
-                        (size_t)(fastbn_nblocks - 1) * sizeof(fastbn_block));
-                fastbn_nblocks--;
-            }
+                                          fastbn_cached_bytes + size > fastbn_limit))
+                evicted[nev++] = fastbn_take(0);               /* oldest first */
             fastbn_blocks[fastbn_nblocks].ptr = p;
             fastbn_blocks[fastbn_nblocks].size = size;
             fastbn_nblocks++;
@@ -120,13 +121,8 @@ cdef extern from *:
         int nev = 0, i;
         fastbn_lock();
         fastbn_limit = limit;
-        while (fastbn_nblocks > 0 && fastbn_cached_bytes > fastbn_limit) {
-            evicted[nev++] = fastbn_blocks[0];
-            fastbn_cached_bytes -= fastbn_blocks[0].size;
-            memmove(fastbn_blocks, fastbn_blocks + 1,
-                    (size_t)(fastbn_nblocks - 1) * sizeof(fastbn_block));
-            fastbn_nblocks--;
-        }
+        while (fastbn_nblocks > 0 && fastbn_cached_bytes > fastbn_limit)
+            evicted[nev++] = fastbn_take(0);
         fastbn_unlock();
         for (i = 0; i < nev; i++) fastbn_base_free(evicted[i].ptr, evicted[i].size);
     }
