@@ -32,6 +32,7 @@ def test_bench_json_structure(tmp_path, capsys):
         for name, t in r["ms"].items():
             assert 0 < t["min"] <= t["median"]
             assert t["n"] >= 2 if name != "reference" else t["n"] >= 1
+            assert t["faults_per_call"] is None or t["faults_per_call"] >= 0
         q, ms = r["ratios"], r["ms"]
         assert q["torch_over_fastbn"] is None
         assert q["reference_over_fastbn"] == pytest.approx(
@@ -39,6 +40,28 @@ def test_bench_json_structure(tmp_path, capsys):
         assert q["fastbn_over_stream"] == pytest.approx(ms["fastbn"]["min"] / ms["stream"]["min"])
     # the printed table is the JSON's table
     assert format_table(data) in out
+
+
+def test_time_interleaved_counts_page_faults():
+    # a call that maps and touches 64 fresh pages must be charged >= 64 faults
+    # per call; a call that touches nothing must not be charged them
+    import mmap
+    from fastbn.benchmark import minor_faults, time_interleaved
+    if minor_faults() is None:
+        pytest.skip("no getrusage on this platform")
+    pages = 64
+
+    def touch():
+        m = mmap.mmap(-1, pages * mmap.PAGESIZE)
+        m[::mmap.PAGESIZE] = b"\1" * pages
+        m.close()
+
+    faults = {}
+    times = time_interleaved({"touch": touch, "idle": lambda: None}, repeat=3,
+                             burst=4, burst_s=0, settle_s=0, faults=faults)
+    assert set(faults) == {"touch", "idle"}
+    assert faults["touch"] >= pages * len(times["touch"])
+    assert faults["idle"] < pages * len(times["idle"])
 
 
 def test_bench_restores_thread_setting(tmp_path):

@@ -33,6 +33,8 @@ from fastbn._kernels cimport (
     _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
     _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
     _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
+    fastbn_dx_coef_d, fastbn_dx_coef_f, fastbn_finish_moments_v, fastbn_fold_forward_d,
+    fastbn_fold_forward_f,
     fastbn_kernel_isa,
 )
 
@@ -143,18 +145,19 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
         for j in range(D):
             center[j] = xp[j * sd]
         _rows_sums_all(xp, sr, sd, R, D, nch, nthreads, center, part, s1, s2)
-        for j in range(D):
-            _finish_moments(s1[j], s2[j], R, center[j], eps, &mean[j], &var[j],
-                            &invstd[j])
-            _center_fold(mean[j], gamma[j] * invstd[j], beta[j],
-                         &coef[j], &coef[D + j], &coef[2 * D + j])
+        fastbn_finish_moments_v(s1, s2, center, D, <double>R, eps, mean, var, invstd)
+        if floating is float:
+            fastbn_fold_forward_f(D, mean, var, invstd, &gamma[0], &beta[0], coef,
+                                  coef + D, coef + 2 * D, &running_mean[0],
+                                  &running_var[0], momentum, &new_running[0, 0],
+                                  &new_running[1, 0])
+        else:
+            fastbn_fold_forward_d(D, mean, var, invstd, &gamma[0], &beta[0], coef,
+                                  coef + D, coef + 2 * D, &running_mean[0],
+                                  &running_var[0], momentum, &new_running[0, 0],
+                                  &new_running[1, 0])
         _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
                             stream)
-        for j in range(D):
-            new_running[0, j] = <floating>(momentum * running_mean[j] +
-                                           (1.0 - momentum) * mean[j])
-            new_running[1, j] = <floating>(momentum * running_var[j] +
-                                           (1.0 - momentum) * var[j])
     fastbn_leave()
     free(part)
     free(coef)
@@ -309,11 +312,14 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
         nthreads = _team(nthreads)
         _rows_grad_sums_all(xp, sr, sd, gp, gr, gd, R, D, nch, nthreads, &mean[0], part,
                             sdy, sdyx)
-        for j in range(D):
-            dbeta[j] = <floating>sdy[j]
-            dgamma[j] = <floating>(sdyx[j] * invstd[j])
-            _dx_centered(sdy[j], sdyx[j], R, gamma[j], mean[j], invstd[j], train,
-                         &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
+        if floating is float:
+            fastbn_dx_coef_f(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0],
+                             train, coef, coef + D, coef + 2 * D, coef + 3 * D,
+                             &dgamma[0], &dbeta[0])
+        else:
+            fastbn_dx_coef_d(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0],
+                             train, coef, coef + D, coef + 2 * D, coef + 3 * D,
+                             &dgamma[0], &dbeta[0])
         _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
                      stream)
     fastbn_leave()

@@ -340,6 +340,102 @@ cdef extern from *:
                              double* sdyx) noexcept nogil
 
 
+# Per-feature statistics over a D-vector in C for the same reason: the sqrt and
+# two divisions per feature are then 4-wide (AVX2) instead of scalar, which
+# cut the serial part of a (256, 4096) forward from ~18 to ~5 us.  Same
+# operations as _finish_moments, elementwise: the same bits.
+cdef extern from *:
+    """
+    static inline void fastbn_finish_moments_v(const double* FASTBN_RESTRICT s1,
+                                               const double* FASTBN_RESTRICT s2,
+                                               const double* FASTBN_RESTRICT center,
+                                               Py_ssize_t D, double n, double eps,
+                                               double* FASTBN_RESTRICT mean,
+                                               double* FASTBN_RESTRICT var,
+                                               double* FASTBN_RESTRICT invstd) {
+        for (Py_ssize_t j = 0; j < D; j++) {
+            double m = s1[j] / n;
+            double v = s2[j] / n - m * m;
+            v = v < 0.0 ? 0.0 : v;      /* rounding only; NaN stays NaN */
+            mean[j] = center[j] + m;
+            var[j] = v;
+            invstd[j] = 1.0 / sqrt(v + eps);
+        }
+    }
+    /* Then the forward's per-feature output coefficients (as _center_fold)
+       and running statistics, from the float64 statistics. */
+    #define FASTBN_DEFINE_FOLD(T, SFX)                                             \
+    static inline void fastbn_fold_forward_##SFX(Py_ssize_t D,                     \
+            const double* FASTBN_RESTRICT mean, const double* FASTBN_RESTRICT var, \
+            const double* FASTBN_RESTRICT invstd, const T* FASTBN_RESTRICT gamma,  \
+            const T* FASTBN_RESTRICT beta, T* FASTBN_RESTRICT cm,                  \
+            T* FASTBN_RESTRICT calpha, T* FASTBN_RESTRICT cbeta,                   \
+            const T* FASTBN_RESTRICT rmean, const T* FASTBN_RESTRICT rvar,         \
+            double momentum, T* FASTBN_RESTRICT new_rmean,                         \
+            T* FASTBN_RESTRICT new_rvar) {                                         \
+        for (Py_ssize_t j = 0; j < D; j++) {                                       \
+            double scale = (double)gamma[j] * invstd[j];                           \
+            T m = (T)mean[j];                                                      \
+            cm[j] = m;                                                             \
+            calpha[j] = (T)scale;                                                  \
+            cbeta[j] = (T)((double)beta[j] - (mean[j] - (double)m) * scale);       \
+            new_rmean[j] = (T)(momentum * rmean[j] + (1.0 - momentum) * mean[j]);  \
+            new_rvar[j] = (T)(momentum * rvar[j] + (1.0 - momentum) * var[j]);     \
+        }                                                                          \
+    }
+    FASTBN_DEFINE_FOLD(float, f)
+    FASTBN_DEFINE_FOLD(double, d)
+    /* The backward's per-feature coefficients (as _dx_centered) and the
+       parameter gradients, from the float64 sums. */
+    #define FASTBN_DEFINE_DXCOEF(T, SFX)                                           \
+    static inline void fastbn_dx_coef_##SFX(Py_ssize_t D,                          \
+            const double* FASTBN_RESTRICT sdy, const double* FASTBN_RESTRICT sdyx, \
+            double n, const T* FASTBN_RESTRICT gamma,                              \
+            const double* FASTBN_RESTRICT mean,                                    \
+            const double* FASTBN_RESTRICT invstd, int train,                       \
+            T* FASTBN_RESTRICT ca, T* FASTBN_RESTRICT cb, T* FASTBN_RESTRICT cm,   \
+            T* FASTBN_RESTRICT cc, T* FASTBN_RESTRICT dgamma,                      \
+            T* FASTBN_RESTRICT dbeta) {                                            \
+        for (Py_ssize_t j = 0; j < D; j++) {                                       \
+            double a = (double)gamma[j] * invstd[j];                               \
+            double scale = train ? -a * invstd[j] * invstd[j] * sdyx[j] / n : 0.0; \
+            double offset = train ? -a * sdy[j] / n : 0.0;                         \
+            T m = (T)mean[j];                                                      \
+            ca[j] = (T)a;                                                          \
+            cb[j] = (T)scale;                                                      \
+            cm[j] = m;                                                             \
+            cc[j] = (T)(offset - (mean[j] - (double)m) * scale);                   \
+            dbeta[j] = (T)sdy[j];                                                  \
+            dgamma[j] = (T)(sdyx[j] * invstd[j]);                                  \
+        }                                                                          \
+    }
+    FASTBN_DEFINE_DXCOEF(float, f)
+    FASTBN_DEFINE_DXCOEF(double, d)
+    """
+    void fastbn_dx_coef_f(Py_ssize_t D, const double* sdy, const double* sdyx, double n,
+                          const float* gamma, const double* mean, const double* invstd,
+                          int train, float* ca, float* cb, float* cm, float* cc,
+                          float* dgamma, float* dbeta) noexcept nogil
+    void fastbn_dx_coef_d(Py_ssize_t D, const double* sdy, const double* sdyx, double n,
+                          const double* gamma, const double* mean, const double* invstd,
+                          int train, double* ca, double* cb, double* cm, double* cc,
+                          double* dgamma, double* dbeta) noexcept nogil
+    void fastbn_fold_forward_f(Py_ssize_t D, const double* mean, const double* var,
+                               const double* invstd, const float* gamma, const float* beta,
+                               float* cm, float* calpha, float* cbeta, const float* rmean,
+                               const float* rvar, double momentum, float* new_rmean,
+                               float* new_rvar) noexcept nogil
+    void fastbn_fold_forward_d(Py_ssize_t D, const double* mean, const double* var,
+                               const double* invstd, const double* gamma,
+                               const double* beta, double* cm, double* calpha,
+                               double* cbeta, const double* rmean, const double* rvar,
+                               double momentum, double* new_rmean,
+                               double* new_rvar) noexcept nogil
+    void fastbn_finish_moments_v(const double* s1, const double* s2, const double* center,
+                                 Py_ssize_t D, double n, double eps, double* mean,
+                                 double* var, double* invstd) noexcept nogil
+
+
 # The instruction set the including module is compiled for: each kernel
 # module (baseline and AVX2 builds of _bn, _moments, _ln) reports its own.
 cdef extern from *:

@@ -152,11 +152,22 @@ def implementations(case, direction, torch=None, which=IMPLS):
     return out
 
 
+def minor_faults():
+    """Minor page faults of this process so far, or None where unknown (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
-                     settle_s=0.03):
+                     settle_s=0.03, faults=None):
     """Time the callables round-robin: ``repeat`` rounds, a burst of calls each.
 
-    Returns, per name, the list of single-call times in seconds.  In each
+    Returns, per name, the list of single-call times in seconds.  If
+    ``faults`` is a dict, it receives per name the minor page faults of the
+    process during that name's timed calls (or None where unknown).  In each
     round an implementation runs at least ``burst`` calls and for at least
     ``burst_s`` seconds, after a pause of ``settle_s``.  The pause matters when
     torch is loaded: it ships its own OpenMP runtime, and an OpenMP runtime's
@@ -173,6 +184,8 @@ def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.
     for fn in fns.values():     # warm up: first-touch allocations, lazy imports
         fn()
     times = {name: [] for name in fns}
+    if faults is not None:
+        faults.update({name: 0 for name in fns})
     clock = time.perf_counter
     for r in range(repeat):
         for name, fn in fns.items():
@@ -180,6 +193,7 @@ def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.
                 continue
             if settle_s:
                 time.sleep(settle_s)
+            f0 = minor_faults() if faults is not None else None
             start = clock()
             calls = 0
             while True:
@@ -190,6 +204,10 @@ def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.
                 calls += 1
                 if name in slow or (calls >= burst and t1 - start >= burst_s):
                     break
+            if f0 is not None:
+                faults[name] += minor_faults() - f0
+            elif faults is not None:
+                faults[name] = None
     return times
 
 
@@ -245,6 +263,7 @@ def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
     sweeps = max(1, min(sweeps, repeat))
     cases = {}
     times = {}
+    faults = {}
     for sweep in range(sweeps):
         rounds = repeat // sweeps + (sweep < repeat % sweeps)
         for shape, dtype in shapes:
@@ -257,17 +276,27 @@ def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
                              f"(sweep {sweep + 1}/{sweeps})")
                 fns = implementations(cases[key], direction, torch_mod)
                 # the NumPy reference is 10-100x slower: a few rounds pin it down
+                nflt = {}
                 got = time_interleaved(fns, rounds, slow=("reference",),
-                                       slow_repeat=max(1, rounds // 4))
+                                       slow_repeat=max(1, rounds // 4), faults=nflt)
                 acc = times.setdefault((key, direction), {})
+                facc = faults.setdefault((key, direction), {})
                 for name, t in got.items():
                     acc.setdefault(name, []).extend(t)
+                    before = facc.get(name, 0)
+                    facc[name] = None if before is None or nflt[name] is None \
+                        else before + nflt[name]
     rows = []
     for shape, dtype in shapes:
         key = (tuple(shape), dtype)
         for direction in DIRECTIONS:
+            # page faults per call tell which allocator state an implementation
+            # ran in: a fresh output costs one fault per 4 KiB page
+            nflt = faults[(key, direction)]
             ms = {name: {"min": 1e3 * min(t), "median": 1e3 * statistics.median(t),
-                         "n": len(t)} for name, t in times[(key, direction)].items()}
+                         "n": len(t),
+                         "faults_per_call": None if nflt[name] is None else nflt[name] / len(t)}
+                  for name, t in times[(key, direction)].items()}
             best = {name: v["min"] for name, v in ms.items()}
             f = best["fastbn"]
             rows.append({
@@ -281,8 +310,17 @@ def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
     return rows
 
 
+def _faults_cell(ms, has_torch):
+    """Page faults per call of fastbn (and torch): ``0 / 4097``."""
+    names = ("fastbn", "torch") if has_torch else ("fastbn",)
+    got = [ms[n].get("faults_per_call") for n in names]
+    return " / ".join("-" if f is None else f"{f:.0f}" for f in got)
+
+
 def format_table(result):
-    """The result as a Markdown table (ms are best-of-repeat)."""
+    """The result as a Markdown table (ms are best-of-repeat; the last column
+    is the mean page faults per call of fastbn and torch: a fresh 16 MB output
+    costs 4096 of them, about as long as the kernel itself)."""
     has_torch = result["torch_version"] is not None
     head = ["shape", "dtype", "pass", "fastbn ms"]
     if has_torch:
@@ -290,7 +328,7 @@ def format_table(result):
     head += ["reference ms", "stream ms"]
     if has_torch:
         head += ["torch / fastbn"]
-    head += ["reference / fastbn", "fastbn / stream"]
+    head += ["reference / fastbn", "fastbn / stream", "faults / call"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["results"]:
         ms, q = r["ms"], r["ratios"]
@@ -301,7 +339,8 @@ def format_table(result):
         cells += [f"{ms['reference']['min']:.3f}", f"{ms['stream']['min']:.3f}"]
         if has_torch:
             cells += [f"{q['torch_over_fastbn']:.2f}x"]
-        cells += [f"{q['reference_over_fastbn']:.1f}x", f"{q['fastbn_over_stream']:.2f}x"]
+        cells += [f"{q['reference_over_fastbn']:.1f}x", f"{q['fastbn_over_stream']:.2f}x",
+                  _faults_cell(ms, has_torch)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
