@@ -20,6 +20,13 @@ What is timed, per shape and direction:
   thread count into a reused output (an OpenMP loop, :mod:`fastbn._stream`): ``x * 2`` for the forward (read
   x, write out), ``x + dout`` for the backward (read x and dout, write dx).
 
+Each implementation's page faults per call are counted too (``getrusage``;
+the table's last column, ``faults_per_call`` in the JSON): an output that
+gets fresh pages from the OS pays one fault per 4 KiB page, about as long as
+the kernel on a large batch.  PyTorch takes its outputs from ``malloc``, and
+whether glibc reuses the pages or returns them to the OS depends on the
+heap's history, so the column says which of PyTorch's two speeds was timed.
+
 PyTorch and matplotlib are optional; without them their columns or the plot
 are skipped with a message.  The shared case builders (:func:`make_case`,
 :func:`implementations`) also drive the pytest-benchmark suite in ``bench/``.
