@@ -64,6 +64,53 @@ def test_time_interleaved_counts_page_faults():
     assert faults["idle"] < pages * len(times["idle"])
 
 
+def test_bench_in_process_matches_isolated_structure(tmp_path, capsys):
+    # --in-process: the same rows and names, one process; the JSON says which
+    args = ["bench", "--shapes", "6x4", "--repeat", "1", "--threads", "1", "--no-torch"]
+    path = tmp_path / "a.json"
+    assert cli.main(args + ["--in-process", "--json", str(path)]) == 0
+    a = json.loads(path.read_text())
+    assert cli.main(args + ["--json", str(path)]) == 0
+    b = json.loads(path.read_text())
+    assert a["isolated"] is False and b["isolated"] is True
+    assert "all in one process" in capsys.readouterr().out
+    for ra, rb in zip(a["results"], b["results"]):
+        assert (ra["shape"], ra["direction"]) == (rb["shape"], rb["direction"])
+        assert set(ra["ms"]) == set(rb["ms"]) == {"fastbn", "reference", "stream"}
+
+
+def test_bench_worker_failure_is_an_error_not_a_hang():
+    from fastbn.benchmark import _Workers
+    workers = _Workers(["fastbn", "no_such_impl"], 1)
+    try:
+        with pytest.raises(RuntimeError, match="no_such_impl worker failed"):
+            workers.setup((3, 2), "float32", "forward")
+    finally:
+        workers.close()
+    assert not any(p.is_alive() for p in workers.procs)
+
+
+def test_bench_torch_workers(tmp_path):
+    # PyTorch twice, as it comes and with a heap kept (glibc): both timed,
+    # both ratios are quotients of the times, faults counted for each
+    pytest.importorskip("torch")
+    import os
+    from fastbn.benchmark import WARM_HEAP_ENV, has_glibc, run_benchmark
+    before = {k: os.environ.get(k) for k in WARM_HEAP_ENV}
+    r = run_benchmark([((6, 4), "float32")], threads=1, repeat=1)
+    # the heap settings went to the torch_warm worker only, not to this process
+    assert {k: os.environ.get(k) for k in WARM_HEAP_ENV} == before
+    want = {"fastbn", "torch", "reference", "stream"} | ({"torch_warm"} if has_glibc() else set())
+    for row in r["results"]:
+        assert set(row["ms"]) == want
+        for name in want - {"fastbn", "stream"}:
+            assert row["ratios"][name + "_over_fastbn"] == pytest.approx(
+                row["ms"][name]["min"] / row["ms"]["fastbn"]["min"])
+            assert row["ms"][name]["faults_per_call"] is None or \
+                row["ms"][name]["faults_per_call"] >= 0
+    assert format_table(r).count("|\n") == len(r["results"]) + 1
+
+
 def test_bench_restores_thread_setting(tmp_path):
     import fastbn
     before = fastbn.get_num_threads()

@@ -168,54 +168,186 @@ def minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
-                     settle_s=0.03, faults=None):
-    """Time the callables round-robin: ``repeat`` rounds, a burst of calls each.
+def run_burst(fn, burst=8, burst_s=0.02, once=False):
+    """One burst of calls of ``fn``: at least ``burst`` calls and ``burst_s``
+    seconds (one call if ``once``).  Returns (single-call seconds, minor page
+    faults of the process during the burst, or None where unknown)."""
+    clock = time.perf_counter
+    f0 = minor_faults()
+    times = []
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        times.append(t1 - t0)
+        if once or (len(times) >= burst and t1 - start >= burst_s):
+            break
+    return times, None if f0 is None else minor_faults() - f0
 
+
+def time_rounds(burst_of, names, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
+                settle_s=0.03, faults=None):
+    """Time implementations round-robin: ``repeat`` rounds, a burst of calls each.
+
+    ``burst_of(name, burst, burst_s, once)`` runs one burst of ``name`` and
+    returns what :func:`run_burst` returns (in this process or in a worker).
     Returns, per name, the list of single-call times in seconds.  If
-    ``faults`` is a dict, it receives per name the minor page faults of the
-    process during that name's timed calls (or None where unknown).  In each
-    round an implementation runs at least ``burst`` calls and for at least
-    ``burst_s`` seconds, after a pause of ``settle_s``.  The pause matters when
-    torch is loaded: it ships its own OpenMP runtime, and an OpenMP runtime's
-    idle workers spin for a while after each parallel call (libgomp counts the
-    spin in iterations, so a spinner that shares its core spins for longer);
-    on a 2-core machine the other library's team would find a core taken.
-    The burst is long because the first calls after another implementation
-    ran find its data in the caches, not their own: on a 51 MB batch a call
-    took 1.5-2x its settled time for the first 5-8 calls.
-    Names in ``slow`` (the NumPy reference) run once per round, in the first
-    ``slow_repeat`` rounds.
+    ``faults`` is a dict, it receives per name the minor page faults during
+    that name's timed calls (None where unknown).  In each round an
+    implementation runs at least ``burst`` calls and for at least ``burst_s``
+    seconds, after a pause of ``settle_s``.  The pause matters when torch is
+    loaded: it ships its own OpenMP runtime, and an OpenMP runtime's idle
+    workers spin for a while after each parallel call (libgomp counts the spin
+    in iterations, so a spinner that shares its core spins for longer); on a
+    2-core machine the other library's team would find a core taken.  The
+    burst is long because the first calls after another implementation ran
+    find its data in the caches, not their own: on a 51 MB batch a call took
+    1.5-2x its settled time for the first 5-8 calls.  Names in ``slow`` (the
+    NumPy reference) run once per round, in the first ``slow_repeat`` rounds.
     """
     slow_repeat = repeat if slow_repeat is None else min(repeat, slow_repeat)
-    for fn in fns.values():     # warm up: first-touch allocations, lazy imports
-        fn()
-    times = {name: [] for name in fns}
-    if faults is not None:
-        faults.update({name: 0 for name in fns})
-    clock = time.perf_counter
+    times = {name: [] for name in names}
+    nflt = {name: 0 for name in names}
     for r in range(repeat):
-        for name, fn in fns.items():
+        for name in names:
             if name in slow and r >= slow_repeat:
                 continue
             if settle_s:
                 time.sleep(settle_s)
-            f0 = minor_faults() if faults is not None else None
-            start = clock()
-            calls = 0
-            while True:
-                t0 = clock()
-                fn()
-                t1 = clock()
-                times[name].append(t1 - t0)
-                calls += 1
-                if name in slow or (calls >= burst and t1 - start >= burst_s):
-                    break
-            if f0 is not None:
-                faults[name] += minor_faults() - f0
-            elif faults is not None:
-                faults[name] = None
+            t, f = burst_of(name, burst, burst_s, name in slow)
+            times[name].extend(t)
+            nflt[name] = None if f is None or nflt[name] is None else nflt[name] + f
+    if faults is not None:
+        faults.update(nflt)
     return times
+
+
+def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
+                     settle_s=0.03, faults=None):
+    """:func:`time_rounds` over callables of this process (``name -> fn``),
+    each called once first (first-touch allocations, lazy imports)."""
+    for fn in fns.values():
+        fn()
+    return time_rounds(lambda name, *args: run_burst(fns[name], *args), list(fns), repeat,
+                       slow, slow_repeat, burst, burst_s, settle_s, faults)
+
+
+# -- each implementation in a process of its own --------------------------
+#
+# In one process the implementations share a heap, and that changes what is
+# measured: PyTorch takes each output from malloc and frees it after the
+# call, and whether glibc hands the same pages back next time or returns them
+# to the OS (a page fault per 4 KiB when they are touched again) depends on
+# everything else the process allocated.  Alone, PyTorch's (4096, 1024)
+# backward faults on every call (6 ms); next to fastbn and NumPy it mostly
+# does not (1.9 ms).  So by default every implementation runs in a worker
+# process of its own, still interleaved burst by burst, and PyTorch runs
+# twice: as it comes, and ("torch_warm") with glibc told never to give memory
+# back (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), its best case.
+
+WARM_HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def _worker(conn, impl, threads):
+    """Worker process: serves setup and burst requests for one implementation."""
+    try:
+        import fastbn
+        fastbn.set_num_threads(threads)
+        torch = None
+        if impl.startswith("torch"):
+            torch = import_torch()
+            torch.set_num_threads(threads)
+        name = "torch" if impl.startswith("torch") else impl
+        cases, fn = {}, None
+        conn.send(("ok", None))
+    except BaseException as exc:                 # pragma: no cover - import failure
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        msg = conn.recv()
+        try:
+            if msg[0] == "setup":
+                shape, dtype, direction = msg[1:]
+                key = (tuple(shape), dtype)
+                if key not in cases:
+                    cases[key] = make_case(shape, dtype)
+                fn = implementations(cases[key], direction, torch, which=(name,))[name]
+                fn()                                 # first touch, lazy imports
+                conn.send(("ok", None))
+            elif msg[0] == "burst":
+                conn.send(("ok", run_burst(fn, *msg[1:])))
+            else:
+                return
+        except BaseException as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _Workers:
+    """One worker process per implementation (multiprocessing, spawn)."""
+
+    def __init__(self, impls, threads):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.names = list(impls)
+        self.conns, self.procs = {}, []
+        try:
+            for impl in impls:
+                parent, child = ctx.Pipe()
+                env = WARM_HEAP_ENV if impl == "torch_warm" else {}
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)               # the child's glibc reads them at start
+                try:
+                    proc = ctx.Process(target=_worker, args=(child, impl, threads), daemon=True)
+                    proc.start()
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                child.close()
+                self.conns[impl] = parent
+                self.procs.append(proc)
+            for impl in impls:
+                self._reply(impl)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, impl):
+        try:
+            status, value = self.conns[impl].recv()
+        except EOFError:
+            raise RuntimeError(f"fastbn bench: the {impl} worker process died") from None
+        if status != "ok":
+            raise RuntimeError(f"fastbn bench: the {impl} worker failed: {value}")
+        return value
+
+    def setup(self, shape, dtype, direction):
+        for conn in self.conns.values():             # the workers build their cases in parallel
+            conn.send(("setup", list(shape), dtype, direction))
+        for impl in self.conns:
+            self._reply(impl)
+
+    def burst(self, impl, burst, burst_s, once):
+        self.conns[impl].send(("burst", burst, burst_s, once))
+        return self._reply(impl)
+
+    def close(self):
+        for conn in self.conns.values():
+            try:
+                conn.send(("exit",))
+            except (OSError, ValueError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def has_glibc():
+    return platform.libc_ver()[0] == "glibc"
 
 
 def machine():
@@ -238,8 +370,13 @@ def _ratio(a, b):
 
 
 def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
-                  progress=None):
-    """Measure every shape and direction; returns the JSON-ready result dict."""
+                  progress=None, isolate=True):
+    """Measure every shape and direction; returns the JSON-ready result dict.
+
+    ``isolate``: each implementation in a worker process of its own (and
+    PyTorch twice, as it comes and with a heap that never shrinks, on
+    glibc); otherwise all in this process.
+    """
     import fastbn
     from . import _config
     torch_mod = import_torch() if torch == "auto" else torch
@@ -250,7 +387,18 @@ def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
         nthreads = fastbn.get_num_threads()
         if torch_mod is not None:
             torch_mod.set_num_threads(nthreads)
-        rows = _measure(shapes, repeat, torch_mod, progress)
+        if isolate:
+            names = ["fastbn"]
+            if torch_mod is not None:
+                names += ["torch", "torch_warm"] if has_glibc() else ["torch"]
+            names += ["reference", "stream"]
+            runner = _Workers(names, nthreads)
+        else:
+            runner = _InProcess(torch_mod)
+        try:
+            rows = _measure(shapes, repeat, runner, progress)
+        finally:
+            runner.close()
     finally:     # the caller's thread settings, as they were
         fastbn.set_num_threads(saved[0])
         if torch_mod is not None:
@@ -259,33 +407,54 @@ def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
         "fastbn_version": fastbn.__version__,
         "torch_version": getattr(torch_mod, "__version__", None),
         "threads": nthreads, "openmp": fastbn.openmp_enabled(), "repeat": repeat,
-        "machine": machine(), "results": rows,
+        "isolated": bool(isolate), "machine": machine(), "results": rows,
     }
 
 
-def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
+class _InProcess:
+    """The implementations as callables of this process (``--in-process``)."""
+
+    def __init__(self, torch_mod):
+        self.torch = torch_mod
+        self.cases, self.fns = {}, {}
+        self.names = [n for n in IMPLS if n != "torch" or torch_mod is not None]
+
+    def setup(self, shape, dtype, direction):
+        key = (tuple(shape), dtype)
+        if key not in self.cases:
+            self.cases[key] = make_case(shape, dtype)
+        self.fns = implementations(self.cases[key], direction, self.torch)
+        for fn in self.fns.values():       # first touch, lazy imports
+            fn()
+
+    def burst(self, name, burst, burst_s, once):
+        return run_burst(self.fns[name], burst, burst_s, once)
+
+    def close(self):
+        self.cases, self.fns = {}, {}
+
+
+def _measure(shapes, repeat, runner, progress, sweeps=3):
     """Time every shape and direction; the rounds are spread over ``sweeps``
     passes through the whole list, so a few seconds of heavy load from other
     processes cost one sweep of a shape, not all of its rounds."""
     sweeps = max(1, min(sweeps, repeat))
-    cases = {}
+    names = runner.names
     times = {}
     faults = {}
     for sweep in range(sweeps):
         rounds = repeat // sweeps + (sweep < repeat % sweeps)
         for shape, dtype in shapes:
             key = (tuple(shape), dtype)
-            if key not in cases:
-                cases[key] = make_case(shape, dtype)
             for direction in DIRECTIONS:
                 if progress:
                     progress(f"{shape_label(shape, dtype)} {direction} "
                              f"(sweep {sweep + 1}/{sweeps})")
-                fns = implementations(cases[key], direction, torch_mod)
+                runner.setup(shape, dtype, direction)
                 # the NumPy reference is 10-100x slower: a few rounds pin it down
                 nflt = {}
-                got = time_interleaved(fns, rounds, slow=("reference",),
-                                       slow_repeat=max(1, rounds // 4), faults=nflt)
+                got = time_rounds(runner.burst, names, rounds, slow=("reference",),
+                                  slow_repeat=max(1, rounds // 4), faults=nflt)
                 acc = times.setdefault((key, direction), {})
                 facc = faults.setdefault((key, direction), {})
                 for name, t in got.items():
@@ -310,6 +479,7 @@ def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
                 "shape": list(shape), "dtype": dtype, "direction": direction, "ms": ms,
                 "ratios": {
                     "torch_over_fastbn": _ratio(best.get("torch"), f),
+                    "torch_warm_over_fastbn": _ratio(best.get("torch_warm"), f),
                     "reference_over_fastbn": _ratio(best.get("reference"), f),
                     "fastbn_over_stream": _ratio(f, best.get("stream")),
                 },
@@ -317,10 +487,9 @@ def _measure(shapes, repeat, torch_mod, progress, sweeps=3):
     return rows
 
 
-def _faults_cell(ms, has_torch):
-    """Page faults per call of fastbn (and torch): ``0 / 4097``."""
-    names = ("fastbn", "torch") if has_torch else ("fastbn",)
-    got = [ms[n].get("faults_per_call") for n in names]
+def _faults_cell(ms, names):
+    """Page faults per call of each named implementation: ``0 / 4097``."""
+    got = [ms[n].get("faults_per_call") if n in ms else None for n in names]
     return " / ".join("-" if f is None else f"{f:.0f}" for f in got)
 
 
@@ -328,26 +497,27 @@ def format_table(result):
     """The result as a Markdown table (ms are best-of-repeat; the last column
     is the mean page faults per call of fastbn and torch: a fresh 16 MB output
     costs 4096 of them, about as long as the kernel itself)."""
+    rows = result["results"]
     has_torch = result["torch_version"] is not None
+    has_warm = has_torch and any("torch_warm" in r["ms"] for r in rows)
+    torches = ["torch"] + (["torch_warm"] if has_warm else []) if has_torch else []
     head = ["shape", "dtype", "pass", "fastbn ms"]
-    if has_torch:
-        head += ["torch ms"]
+    head += [f"{n.replace('_', ' ')} ms" for n in torches]
     head += ["reference ms", "stream ms"]
-    if has_torch:
-        head += ["torch / fastbn"]
-    head += ["reference / fastbn", "fastbn / stream", "faults / call"]
+    head += [f"{n.replace('_', ' ')} / fastbn" for n in torches]
+    head += ["reference / fastbn", "fastbn / stream",
+             "faults / call (" + ", ".join(["fastbn"] + [n.replace("_", " ")
+                                                         for n in torches]) + ")"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in result["results"]:
+    for r in rows:
         ms, q = r["ms"], r["ratios"]
         cells = ["(" + ", ".join(map(str, r["shape"])) + ")", r["dtype"], r["direction"],
                  f"{ms['fastbn']['min']:.3f}"]
-        if has_torch:
-            cells += [f"{ms['torch']['min']:.3f}"]
+        cells += [f"{ms[n]['min']:.3f}" for n in torches]
         cells += [f"{ms['reference']['min']:.3f}", f"{ms['stream']['min']:.3f}"]
-        if has_torch:
-            cells += [f"{q['torch_over_fastbn']:.2f}x"]
+        cells += [f"{q[n + '_over_fastbn']:.2f}x" for n in torches]
         cells += [f"{q['reference_over_fastbn']:.1f}x", f"{q['fastbn_over_stream']:.2f}x",
-                  _faults_cell(ms, has_torch)]
+                  _faults_cell(ms, ["fastbn"] + torches)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -361,6 +531,8 @@ def plot(result, path):
     labels = [f"{shape_label(r['shape'], r['dtype'])}\n{r['direction']}" for r in rows]
     series = [("vs reference", "reference_over_fastbn")]
     if result["torch_version"] is not None:
+        if any(r["ratios"].get("torch_warm_over_fastbn") for r in rows):
+            series.insert(0, ("vs torch (heap kept)", "torch_warm_over_fastbn"))
         series.insert(0, ("vs torch", "torch_over_fastbn"))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
@@ -396,6 +568,10 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="FILE", help="also draw a bar chart (matplotlib)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every implementation in this process instead of one "
+                             "worker process each (they then share one heap: see the "
+                             "faults column)")
 
 
 def run(args):
@@ -417,12 +593,17 @@ def run(args):
                   "pip install 'fastbn[experiments]')", file=sys.stderr)
             args.plot = None
     result = run_benchmark(args.shapes or DEFAULT_SHAPES, threads=args.threads,
-                           repeat=args.repeat, torch=torch,
+                           repeat=args.repeat, torch=torch, isolate=not args.in_process,
                            progress=lambda s: print(f"  timing {s}", file=sys.stderr))
     m = result["machine"]
     print(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
           f"torch {result['torch_version'] or '-'}, {m['cpu']}; best call of {args.repeat} "
-          f"interleaved rounds of call bursts (reference: fewer)")
+          f"interleaved rounds of call bursts (reference: fewer), "
+          + ("one worker process per implementation" if result["isolated"]
+             else "all in one process"))
+    if "torch_warm" in result["results"][0]["ms"]:
+        print("torch warm: PyTorch in a process whose glibc never returns freed memory to "
+              "the OS (MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), its best case")
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
