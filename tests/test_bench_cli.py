@@ -38,6 +38,8 @@ def test_bench_json_structure(tmp_path, capsys):
         assert q["reference_over_fastbn"] == pytest.approx(
             ms["reference"]["min"] / ms["fastbn"]["min"])
         assert q["fastbn_over_stream"] == pytest.approx(ms["fastbn"]["min"] / ms["stream"]["min"])
+        assert r["ratios_median"]["reference_over_fastbn"] == pytest.approx(
+            ms["reference"]["median"] / ms["fastbn"]["median"])
     # the printed table is the JSON's table
     assert format_table(data) in out
 
@@ -106,6 +108,8 @@ def test_bench_torch_workers(tmp_path):
         for name in want - {"fastbn", "stream"}:
             assert row["ratios"][name + "_over_fastbn"] == pytest.approx(
                 row["ms"][name]["min"] / row["ms"]["fastbn"]["min"])
+            assert row["ratios_median"][name + "_over_fastbn"] == pytest.approx(
+                row["ms"][name]["median"] / row["ms"]["fastbn"]["median"])
             assert row["ms"][name]["faults_per_call"] is None or \
                 row["ms"][name]["faults_per_call"] >= 0
     assert format_table(r).count("|\n") == len(r["results"]) + 1

@@ -473,18 +473,22 @@ def _measure(shapes, repeat, runner, progress, sweeps=3):
                          "n": len(t),
                          "faults_per_call": None if nflt[name] is None else nflt[name] / len(t)}
                   for name, t in times[(key, direction)].items()}
-            best = {name: v["min"] for name, v in ms.items()}
-            f = best["fastbn"]
             rows.append({
                 "shape": list(shape), "dtype": dtype, "direction": direction, "ms": ms,
-                "ratios": {
-                    "torch_over_fastbn": _ratio(best.get("torch"), f),
-                    "torch_warm_over_fastbn": _ratio(best.get("torch_warm"), f),
-                    "reference_over_fastbn": _ratio(best.get("reference"), f),
-                    "fastbn_over_stream": _ratio(f, best.get("stream")),
-                },
+                "ratios": _ratios({name: v["min"] for name, v in ms.items()}),
+                # an implementation with two speeds (PyTorch's allocator) shows
+                # its common one in the medians, its rarer fast one in the minima
+                "ratios_median": _ratios({name: v["median"] for name, v in ms.items()}),
             })
     return rows
+
+
+def _ratios(t):
+    f = t["fastbn"]
+    return {"torch_over_fastbn": _ratio(t.get("torch"), f),
+            "torch_warm_over_fastbn": _ratio(t.get("torch_warm"), f),
+            "reference_over_fastbn": _ratio(t.get("reference"), f),
+            "fastbn_over_stream": _ratio(f, t.get("stream"))}
 
 
 def _faults_cell(ms, names):
@@ -494,9 +498,11 @@ def _faults_cell(ms, names):
 
 
 def format_table(result):
-    """The result as a Markdown table (ms are best-of-repeat; the last column
-    is the mean page faults per call of fastbn and torch: a fresh 16 MB output
-    costs 4096 of them, about as long as the kernel itself)."""
+    """The result as a Markdown table: ms and ratios of the best calls (the
+    torch ratios also of the median calls, in brackets: PyTorch has two
+    speeds, see the faults); the last column is the mean page faults per call
+    of fastbn and torch: a fresh 16 MB output costs 4096 of them, about as
+    long as the kernel itself."""
     rows = result["results"]
     has_torch = result["torch_version"] is not None
     has_warm = has_torch and any("torch_warm" in r["ms"] for r in rows)
@@ -515,7 +521,10 @@ def format_table(result):
                  f"{ms['fastbn']['min']:.3f}"]
         cells += [f"{ms[n]['min']:.3f}" for n in torches]
         cells += [f"{ms['reference']['min']:.3f}", f"{ms['stream']['min']:.3f}"]
-        cells += [f"{q[n + '_over_fastbn']:.2f}x" for n in torches]
+        qm = r.get("ratios_median", {})
+        cells += [f"{q[n + '_over_fastbn']:.2f}x" + (
+                      f" ({qm[n + '_over_fastbn']:.2f}x)" if qm.get(n + "_over_fastbn") else "")
+                  for n in torches]
         cells += [f"{q['reference_over_fastbn']:.1f}x", f"{q['fastbn_over_stream']:.2f}x",
                   _faults_cell(ms, ["fastbn"] + torches)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -598,7 +607,8 @@ def run(args):
     m = result["machine"]
     print(f"fastbn {result['fastbn_version']}, {result['threads']} threads, "
           f"torch {result['torch_version'] or '-'}, {m['cpu']}; best call of {args.repeat} "
-          f"interleaved rounds of call bursts (reference: fewer), "
+          f"interleaved rounds of call bursts (reference: fewer; torch ratios of the "
+          f"median calls in brackets), "
           + ("one worker process per implementation" if result["isolated"]
              else "all in one process"))
     if "torch_warm" in result["results"][0]["ms"]:
