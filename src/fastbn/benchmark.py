@@ -375,7 +375,9 @@ def run_benchmark(shapes=DEFAULT_SHAPES, threads=None, repeat=20, torch="auto",
 
     ``isolate``: each implementation in a worker process of its own (and
     PyTorch twice, as it comes and with a heap that never shrinks, on
-    glibc); otherwise all in this process.
+    glibc); otherwise all in this process.  The workers are started with
+    multiprocessing's "spawn", which imports the calling script again in each
+    of them: from a script, call this under ``if __name__ == "__main__":``.
     """
     import fastbn
     from . import _config
