@@ -30,7 +30,8 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport (
-    _add_row_partials, _center_fold, _finish_moments, _row_chunks, fastbn_kernel_isa,
+    _add_row_partials, _center_fold, _finish_moments, _row_chunks, _rows_sums,
+    fastbn_kernel_isa,
     fastbn_seg_sums_d, fastbn_seg_sums_f,
 )
 
@@ -236,7 +237,7 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     cdef Py_ssize_t i0, nb, k, j
     cdef const floating* p
     cdef floating* q
-    cdef double v, var, gj, bj
+    cdef double var, gj, bj
     i0 = r0
     while i0 < r1:
         nb = r1 - i0
@@ -244,20 +245,10 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
             nb = BLK
         for k in range(nb):
             c[k] = x[(i0 + k) * sr]
-            s1[k] = 0.0
-            s2[k] = 0.0
-        for j in range(D):
-            p = x + j * sd + i0 * sr
-            if sr == 1:
-                for k in range(nb):
-                    v = p[k] - c[k]
-                    s1[k] += v
-                    s2[k] += v * v
-            else:
-                for k in range(nb):
-                    v = p[k * sr] - c[k]
-                    s1[k] += v
-                    s2[k] += v * v
+        # the block's row sums are batch norm's column sums of its transpose
+        # (features as rows, rows as columns): _rows_sums' four-row sweeps
+        # load and store the per-row accumulators once per four features
+        _rows_sums(x + i0 * sr, sd, sr, nb, 0, D, c, s1, s2)
         for k in range(nb):
             _finish_moments(s1[k], s2[k], D, c[k], eps, &mean[i0 + k], &var,
                             &invstd[i0 + k])
