@@ -543,7 +543,7 @@ def plot(result, path):
     series = [("vs reference", "reference_over_fastbn")]
     if result["torch_version"] is not None:
         if any(r["ratios"].get("torch_warm_over_fastbn") for r in rows):
-            series.insert(0, ("vs torch (heap kept)", "torch_warm_over_fastbn"))
+            series.insert(0, ("vs torch warm (heap kept)", "torch_warm_over_fastbn"))
         series.insert(0, ("vs torch", "torch_over_fastbn"))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
