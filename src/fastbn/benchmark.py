@@ -1,12 +1,16 @@
 """``fastbn bench``: a side-by-side speed table, fastbn vs NumPy vs PyTorch.
 
-Every implementation runs on the same arrays, interleaved round by round
-(fastbn, torch, reference, stream, fastbn, ...), so load from other processes
-hits all of them alike and the ratios stay meaningful on a busy machine.
-Each round runs every implementation for a burst of calls (at least 8 and
-20 ms, after a 30 ms pause: see :func:`time_interleaved`); the rounds of a
-shape are spread over three sweeps through all shapes; the reported time is
-the best call (noise only ever adds time); the median is kept in the JSON too.
+Every implementation runs in a worker process of its own, on identical
+arrays (same seed), interleaved round by round (fastbn, torch, torch warm,
+reference, stream, fastbn, ...), so load from other processes hits all of
+them alike and the ratios stay meaningful on a busy machine; ``--in-process``
+runs them all in this process instead (see "each implementation in a process
+of its own" below for why that changes PyTorch's numbers).  Each round runs
+every implementation for a burst of calls (at least 8 and 20 ms, after a
+30 ms pause: see :func:`time_rounds`); the rounds of a shape are spread over
+three sweeps through all shapes; the reported time is the best call (noise
+only ever adds time), and the ratios of the median calls are kept too: an
+implementation with two speeds shows its common one there.
 
 What is timed, per shape and direction:
 
