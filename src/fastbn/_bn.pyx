@@ -33,8 +33,8 @@ from fastbn._kernels cimport (
     _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
     _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
     _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
-    fastbn_dx_coef_d, fastbn_dx_coef_f, fastbn_finish_moments_v, fastbn_fold_forward_d,
-    fastbn_fold_forward_f,
+    fastbn_blend_d, fastbn_blend_f, fastbn_dx_coef_d, fastbn_dx_coef_f,
+    fastbn_finish_moments_v, fastbn_fold_forward_d, fastbn_fold_forward_f,
     fastbn_kernel_isa,
 )
 
@@ -218,10 +218,12 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
             _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads,
                                  coef, stream)
         for c in range(C):
-            new_running[0, c] = <floating>(momentum * running_mean[c] +
-                                           (1.0 - momentum) * mean[c])
-            new_running[1, c] = <floating>(momentum * running_var[c] +
-                                           (1.0 - momentum) * var[c])
+            if floating is float:
+                new_running[0, c] = fastbn_blend_f(momentum, running_mean[c], mean[c])
+                new_running[1, c] = fastbn_blend_f(momentum, running_var[c], var[c])
+            else:
+                new_running[0, c] = fastbn_blend_d(momentum, running_mean[c], mean[c])
+                new_running[1, c] = fastbn_blend_d(momentum, running_var[c], var[c])
     fastbn_leave()
     free(part)
     free(coef)

@@ -8,7 +8,7 @@ so any layout works; a unit stride gets its own loop so the compiler emits
 contiguous vector loads.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport sqrt    # its #include <math.h> also serves the C blocks
 from cython cimport floating
 
 
@@ -340,12 +340,28 @@ cdef extern from *:
                              double* sdyx) noexcept nogil
 
 
-# Per-feature statistics over a D-vector in C for the same reason: the sqrt and
-# two divisions per feature are then 4-wide (AVX2) instead of scalar, which
-# cut the serial part of a (256, 4096) forward from ~18 to ~5 us.  Same
-# operations as _finish_moments, elementwise: the same bits.
+# Per-feature algebra, defined once in C: the scalar helpers below
+# (_finish_moments, _center_fold, _dx_centered: channel kernels, layer norm,
+# the split-up pieces in _moments) call these, and so do the loops over a
+# D-vector of features that the row kernels use.  Written as Cython loops
+# over memoryviews those loops stayed scalar (GCC could not rule out
+# aliasing); as restrict-qualified C the sqrt and divisions are 4-wide
+# (AVX2), which cut the serial part of a (256, 4096) forward from ~18 to
+# ~5 us.  One definition, so every caller gets the same bits.
 cdef extern from *:
     """
+    /* mean, biased variance and 1/sqrt(var + eps) from float64 sums of
+       x - center and its squares over n values */
+    static inline void fastbn_finish1(double s1, double s2, double n, double center,
+                                      double eps, double* mean, double* var,
+                                      double* invstd) {
+        double m = s1 / n;
+        double v = s2 / n - m * m;
+        v = v < 0.0 ? 0.0 : v;      /* rounding only; NaN stays NaN */
+        *mean = center + m;
+        *var = v;
+        *invstd = 1.0 / sqrt(v + eps);
+    }
     static inline void fastbn_finish_moments_v(const double* FASTBN_RESTRICT s1,
                                                const double* FASTBN_RESTRICT s2,
                                                const double* FASTBN_RESTRICT center,
@@ -353,18 +369,36 @@ cdef extern from *:
                                                double* FASTBN_RESTRICT mean,
                                                double* FASTBN_RESTRICT var,
                                                double* FASTBN_RESTRICT invstd) {
-        for (Py_ssize_t j = 0; j < D; j++) {
-            double m = s1[j] / n;
-            double v = s2[j] / n - m * m;
-            v = v < 0.0 ? 0.0 : v;      /* rounding only; NaN stays NaN */
-            mean[j] = center[j] + m;
-            var[j] = v;
-            invstd[j] = 1.0 / sqrt(v + eps);
-        }
+        for (Py_ssize_t j = 0; j < D; j++)
+            fastbn_finish1(s1[j], s2[j], n, center[j], eps, &mean[j], &var[j], &invstd[j]);
     }
-    /* Then the forward's per-feature output coefficients (as _center_fold)
-       and running statistics, from the float64 statistics. */
-    #define FASTBN_DEFINE_FOLD(T, SFX)                                             \
+    /* center_fold: coefficients of (x - mean) * scale + offset in T (see
+       _center_fold).  dx_centered: the closed-form gradient's coefficients
+       (see _dx_centered).  blend: a running statistic's update.  Then the
+       loops over D features: the forward's output coefficients and running
+       statistics, the backward's coefficients and parameter gradients. */
+    #define FASTBN_DEFINE_FEATURE(T, SFX)                                          \
+    static inline void fastbn_center_fold_##SFX(double mean, double scale,         \
+            double offset, T* m, T* sc, T* off) {                                  \
+        T mt = (T)mean;                                                            \
+        *m = mt;                                                                   \
+        *sc = (T)scale;                                                            \
+        *off = (T)(offset - (mean - (double)mt) * scale);                          \
+    }                                                                              \
+    static inline void fastbn_dx_centered_##SFX(double sdy, double sdyx, double n, \
+            double gamma, double mean, double invstd, int train, T* ca, T* cb,     \
+            T* m, T* cc) {                                                         \
+        double a = gamma * invstd;                                                 \
+        *ca = (T)a;                                                                \
+        if (train)                                                                 \
+            fastbn_center_fold_##SFX(mean, -a * invstd * invstd * sdyx / n,        \
+                                     -a * sdy / n, m, cb, cc);                     \
+        else                                                                       \
+            fastbn_center_fold_##SFX(mean, 0.0, 0.0, m, cb, cc);                   \
+    }                                                                              \
+    static inline T fastbn_blend_##SFX(double momentum, T running, double batch) { \
+        return (T)(momentum * running + (1.0 - momentum) * batch);                 \
+    }                                                                              \
     static inline void fastbn_fold_forward_##SFX(Py_ssize_t D,                     \
             const double* FASTBN_RESTRICT mean, const double* FASTBN_RESTRICT var, \
             const double* FASTBN_RESTRICT invstd, const T* FASTBN_RESTRICT gamma,  \
@@ -374,20 +408,12 @@ cdef extern from *:
             double momentum, T* FASTBN_RESTRICT new_rmean,                         \
             T* FASTBN_RESTRICT new_rvar) {                                         \
         for (Py_ssize_t j = 0; j < D; j++) {                                       \
-            double scale = (double)gamma[j] * invstd[j];                           \
-            T m = (T)mean[j];                                                      \
-            cm[j] = m;                                                             \
-            calpha[j] = (T)scale;                                                  \
-            cbeta[j] = (T)((double)beta[j] - (mean[j] - (double)m) * scale);       \
-            new_rmean[j] = (T)(momentum * rmean[j] + (1.0 - momentum) * mean[j]);  \
-            new_rvar[j] = (T)(momentum * rvar[j] + (1.0 - momentum) * var[j]);     \
+            fastbn_center_fold_##SFX(mean[j], gamma[j] * invstd[j], beta[j],       \
+                                     &cm[j], &calpha[j], &cbeta[j]);               \
+            new_rmean[j] = fastbn_blend_##SFX(momentum, rmean[j], mean[j]);        \
+            new_rvar[j] = fastbn_blend_##SFX(momentum, rvar[j], var[j]);           \
         }                                                                          \
-    }
-    FASTBN_DEFINE_FOLD(float, f)
-    FASTBN_DEFINE_FOLD(double, d)
-    /* The backward's per-feature coefficients (as _dx_centered) and the
-       parameter gradients, from the float64 sums. */
-    #define FASTBN_DEFINE_DXCOEF(T, SFX)                                           \
+    }                                                                              \
     static inline void fastbn_dx_coef_##SFX(Py_ssize_t D,                          \
             const double* FASTBN_RESTRICT sdy, const double* FASTBN_RESTRICT sdyx, \
             double n, const T* FASTBN_RESTRICT gamma,                              \
@@ -397,21 +423,30 @@ cdef extern from *:
             T* FASTBN_RESTRICT cc, T* FASTBN_RESTRICT dgamma,                      \
             T* FASTBN_RESTRICT dbeta) {                                            \
         for (Py_ssize_t j = 0; j < D; j++) {                                       \
-            double a = (double)gamma[j] * invstd[j];                               \
-            double scale = train ? -a * invstd[j] * invstd[j] * sdyx[j] / n : 0.0; \
-            double offset = train ? -a * sdy[j] / n : 0.0;                         \
-            T m = (T)mean[j];                                                      \
-            ca[j] = (T)a;                                                          \
-            cb[j] = (T)scale;                                                      \
-            cm[j] = m;                                                             \
-            cc[j] = (T)(offset - (mean[j] - (double)m) * scale);                   \
+            fastbn_dx_centered_##SFX(sdy[j], sdyx[j], n, gamma[j], mean[j],        \
+                                     invstd[j], train, &ca[j], &cb[j], &cm[j],     \
+                                     &cc[j]);                                      \
             dbeta[j] = (T)sdy[j];                                                  \
             dgamma[j] = (T)(sdyx[j] * invstd[j]);                                  \
         }                                                                          \
     }
-    FASTBN_DEFINE_DXCOEF(float, f)
-    FASTBN_DEFINE_DXCOEF(double, d)
+    FASTBN_DEFINE_FEATURE(float, f)
+    FASTBN_DEFINE_FEATURE(double, d)
     """
+    void fastbn_finish1(double s1, double s2, double n, double center, double eps,
+                        double* mean, double* var, double* invstd) noexcept nogil
+    void fastbn_center_fold_f(double mean, double scale, double offset, float* m,
+                              float* sc, float* off) noexcept nogil
+    void fastbn_center_fold_d(double mean, double scale, double offset, double* m,
+                              double* sc, double* off) noexcept nogil
+    void fastbn_dx_centered_f(double sdy, double sdyx, double n, double gamma,
+                              double mean, double invstd, int train, float* ca,
+                              float* cb, float* m, float* cc) noexcept nogil
+    void fastbn_dx_centered_d(double sdy, double sdyx, double n, double gamma,
+                              double mean, double invstd, int train, double* ca,
+                              double* cb, double* m, double* cc) noexcept nogil
+    float fastbn_blend_f(double momentum, float running, double batch) noexcept nogil
+    double fastbn_blend_d(double momentum, double running, double batch) noexcept nogil
     void fastbn_dx_coef_f(Py_ssize_t D, const double* sdy, const double* sdyx, double n,
                           const float* gamma, const double* mean, const double* invstd,
                           int train, float* ca, float* cb, float* cm, float* cc,
@@ -584,9 +619,10 @@ cdef inline void _center_fold(double mean, double scale, double offset,
     within a couple of float32 ulps of the float64 formula, even for data
     far from zero.  For float64 this is the formula itself.
     """
-    m[0] = <floating>mean
-    sc[0] = <floating>scale
-    off[0] = <floating>(offset - (mean - <double>m[0]) * scale)
+    if floating is float:
+        fastbn_center_fold_f(mean, scale, offset, m, sc, off)
+    else:
+        fastbn_center_fold_d(mean, scale, offset, m, sc, off)
 
 
 cdef inline void _rows_normalize_folded(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -802,13 +838,8 @@ cdef inline void _chan_dx_centered(const floating* x, Py_ssize_t sa, Py_ssize_t 
 cdef inline void _finish_moments(double s1, double s2, Py_ssize_t n, double center,
                                  double eps, double* mean, double* var,
                                  double* invstd) noexcept nogil:
-    cdef double m = s1 / n
-    cdef double v = s2 / n - m * m
-    if v < 0.0:          # rounding only; a NaN fails the test and stays NaN
-        v = 0.0
-    mean[0] = center + m
-    var[0] = v
-    invstd[0] = 1.0 / sqrt(v + eps)
+    """Mean, var and invstd from sums of x - center and its squares over n values."""
+    fastbn_finish1(s1, s2, <double>n, center, eps, mean, var, invstd)
 
 
 cdef inline void _dx_centered(double sdy, double sdyx, double n, double gamma,
@@ -821,12 +852,10 @@ cdef inline void _dx_centered(double sdy, double sdyx, double n, double gamma,
     Train mode: dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)), a = gamma*invstd.
     Test mode: mean and invstd are constants of the running statistics, dx = a*dy.
     """
-    cdef double a = gamma * invstd
-    ca[0] = <floating>a
-    if train:
-        _center_fold(mean, -a * invstd * invstd * sdyx / n, -a * sdy / n, m, cb, cc)
+    if floating is float:
+        fastbn_dx_centered_f(sdy, sdyx, n, gamma, mean, invstd, train, ca, cb, m, cc)
     else:
-        _center_fold(mean, 0.0, 0.0, m, cb, cc)
+        fastbn_dx_centered_d(sdy, sdyx, n, gamma, mean, invstd, train, ca, cb, m, cc)
 
 
 cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:
