@@ -44,11 +44,11 @@ def test_bench_json_structure(tmp_path, capsys):
     assert format_table(data) in out
 
 
-def test_time_interleaved_counts_page_faults():
+def test_time_rounds_counts_page_faults():
     # a call that maps and touches 64 fresh pages must be charged >= 64 faults
     # per call; a call that touches nothing must not be charged them
     import mmap
-    from fastbn.benchmark import minor_faults, time_interleaved
+    from fastbn.benchmark import minor_faults, run_burst, time_rounds
     if minor_faults() is None:
         pytest.skip("no getrusage on this platform")
     pages = 64
@@ -58,9 +58,10 @@ def test_time_interleaved_counts_page_faults():
         m[::mmap.PAGESIZE] = b"\1" * pages
         m.close()
 
+    fns = {"touch": touch, "idle": lambda: None}
     faults = {}
-    times = time_interleaved({"touch": touch, "idle": lambda: None}, repeat=3,
-                             burst=4, burst_s=0, settle_s=0, faults=faults)
+    times = time_rounds(lambda name, *args: run_burst(fns[name], *args), list(fns), repeat=3,
+                        burst=4, burst_s=0, settle_s=0, faults=faults)
     assert set(faults) == {"touch", "idle"}
     assert faults["touch"] >= pages * len(times["touch"])
     assert faults["idle"] < pages * len(times["idle"])

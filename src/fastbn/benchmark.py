@@ -227,16 +227,6 @@ def time_rounds(burst_of, names, repeat, slow=(), slow_repeat=None, burst=8, bur
     return times
 
 
-def time_interleaved(fns, repeat, slow=(), slow_repeat=None, burst=8, burst_s=0.02,
-                     settle_s=0.03, faults=None):
-    """:func:`time_rounds` over callables of this process (``name -> fn``),
-    each called once first (first-touch allocations, lazy imports)."""
-    for fn in fns.values():
-        fn()
-    return time_rounds(lambda name, *args: run_burst(fns[name], *args), list(fns), repeat,
-                       slow, slow_repeat, burst, burst_s, settle_s, faults)
-
-
 # -- each implementation in a process of its own --------------------------
 #
 # In one process the implementations share a heap, and that changes what is
@@ -258,11 +248,11 @@ def _worker(conn, impl, threads):
     try:
         import fastbn
         fastbn.set_num_threads(threads)
+        name = "torch" if impl.startswith("torch") else impl    # torch_warm: its heap differs
         torch = None
-        if impl.startswith("torch"):
+        if name == "torch":
             torch = import_torch()
             torch.set_num_threads(threads)
-        name = "torch" if impl.startswith("torch") else impl
         cases, fn = {}, None
         conn.send(("ok", None))
     except BaseException as exc:                 # pragma: no cover - import failure
