@@ -31,11 +31,25 @@ def _builds(name="_bn", id_prefix=""):
             pytest.param(avx2, id=f"{id_prefix}avx2", marks=marks)]
 
 
+def _use_build(request, monkeypatch, owner, attr):
+    """Import the build named by the fixture param and make ``owner.attr`` it."""
+    mod = importlib.import_module(f"fastbn.{request.param}")
+    monkeypatch.setattr(owner, attr, mod)
+    return mod
+
+
+def _assert_matches(got, dgot, want, dwant, dtype):
+    """The output, then each gradient, against the float64 reference; float32
+    results are judged on the scale of the normalized output, not of x."""
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+    for g, w in zip(dgot, dwant):
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
+                                   atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+
+
 @pytest.fixture(params=_builds())
 def build(request, monkeypatch):
-    mod = importlib.import_module(f"fastbn.{request.param}")
-    monkeypatch.setattr(compiled, "_bn", mod)
-    return mod
+    return _use_build(request, monkeypatch, compiled, "_bn")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -57,11 +71,7 @@ def test_build_matches_reference(build, rng, dtype, shape, layout, offset):
     got, cache = getattr(compiled, fwd)(x, gamma, beta, bp)
     dgot = getattr(compiled, bwd)(dout, cache)
     assert got.dtype == dtype
-    # float32 results are judged on the scale of the normalized output, not of x
-    np.testing.assert_allclose(got, want, **TOL[dtype])
-    for g, w in zip(dgot, dwant):
-        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
-                                   atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+    _assert_matches(got, dgot, want, dwant, dtype)
 
 
 # The channel loops sum each contiguous run (H*W of NCHW, N of a Fortran
@@ -83,10 +93,7 @@ def test_build_channel_runs_match_reference(build, rng, dtype, run):
         dwant = getattr(reference, bwd)(d64, rcache)
         got, cache = getattr(compiled, fwd)(x, gamma, beta, {"mode": "train"})
         dgot = getattr(compiled, bwd)(dout, cache)
-        np.testing.assert_allclose(got, want, **TOL[dtype])
-        for g, w in zip(dgot, dwant):
-            np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
-                                       atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+        _assert_matches(got, dgot, want, dwant, dtype)
 
 
 def test_build_reports_its_isa(build):
@@ -203,9 +210,7 @@ def test_fresh_pages_are_not_streamed(monkeypatch, rng):
 @pytest.fixture(params=_builds("_ln", id_prefix="ln-"))
 def ln_build(request, monkeypatch):
     from fastbn import compiled_ln
-    mod = importlib.import_module(f"fastbn.{request.param}")
-    monkeypatch.setattr(compiled_ln, "_ln", mod)
-    return mod
+    return _use_build(request, monkeypatch, compiled_ln, "_ln")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -223,10 +228,7 @@ def test_ln_build_matches_reference(ln_build, rng, dtype, shape, layout, offset)
     got, cache = compiled.layernorm_forward(x, gamma, beta, {})
     dgot = compiled.layernorm_backward(dout, cache)
     assert got.dtype == dtype
-    np.testing.assert_allclose(got, want, **TOL[dtype])
-    for g, w in zip(dgot, dwant):
-        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
-                                   atol=TOL[dtype]["atol"] * max(1.0, np.abs(w).max()))
+    _assert_matches(got, dgot, want, dwant, dtype)
 
 
 def test_ln_build_reports_its_isa(ln_build):
