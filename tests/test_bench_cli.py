@@ -93,6 +93,22 @@ def test_bench_worker_failure_is_an_error_not_a_hang():
     assert not any(p.is_alive() for p in workers.procs)
 
 
+def test_bench_failing_worker_leaves_settings_as_they_were():
+    # a case the workers cannot build (1-D shape, past parse_shape's check):
+    # a RuntimeError naming the worker, no hang, the caller's thread setting kept
+    import fastbn
+    from fastbn import _config
+    from fastbn.benchmark import run_benchmark
+    saved = _config._user_threads
+    fastbn.set_num_threads(3)           # differs from the threads=1 the bench sets
+    try:
+        with pytest.raises(RuntimeError, match="fastbn worker failed: IndexError"):
+            run_benchmark([((3,), "float32")], threads=1, repeat=1, torch=None)
+        assert fastbn.get_num_threads() == 3
+    finally:
+        fastbn.set_num_threads(saved)
+
+
 def test_bench_torch_workers(tmp_path):
     # PyTorch twice, as it comes and with a heap kept (glibc): both timed,
     # both ratios are quotients of the times, faults counted for each
