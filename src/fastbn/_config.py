@@ -4,6 +4,13 @@ Precedence: :func:`set_num_threads` > ``FASTBN_NUM_THREADS`` > the OpenMP
 runtime's ``omp_get_max_threads()`` (which follows ``OMP_NUM_THREADS`` and
 threadpoolctl's ``threadpool_limits``).  Small inputs always run on one
 thread: starting a team costs more than it saves below ~128k elements.
+
+A process made by ``fork()`` (``os.fork``, ``multiprocessing``'s ``fork``
+start method) runs the kernels on one thread.  GNU libgomp keeps its thread
+pool in process memory but ``fork()`` copies only the calling thread, so the
+child's first parallel region would wait forever for workers that do not
+exist.  ``forkserver`` and ``spawn`` children start a fresh runtime and get
+their full thread count.
 """
 import os
 
@@ -33,6 +40,18 @@ def _parse_env():
 
 _env_threads = _parse_env()
 
+# True in a process made by fork(): see the module docstring.
+_forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def set_num_threads(n):
     """Set the number of threads the kernels may use.
@@ -55,7 +74,14 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads a large kernel call will use."""
+    """The number of threads a large kernel call will use.
+
+    Always 1 in a process made by ``fork()``, whose OpenMP runtime cannot
+    start a team (use the ``forkserver`` or ``spawn`` start method for
+    parallel children).
+    """
+    if _forked:
+        return 1
     if _user_threads is not None:
         return _user_threads
     if _env_threads is not None:
@@ -65,7 +91,7 @@ def get_num_threads():
 
 def threads_for(size):
     """Threads for a kernel touching ``size`` elements."""
-    if size < SERIAL_BELOW:
+    if size < SERIAL_BELOW or _forked:
         return 1
     return max(1, min(get_num_threads(), size // MIN_PER_THREAD))
 

@@ -40,6 +40,11 @@ def as_float_array(value, name):
                             f"convert it first, e.g. {name}.astype(np.float64)")
         raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}; "
                         f"cast it first, e.g. {name}.astype(np.float64)")
+    if not value.flags.aligned:
+        # A field of a packed structured array or a buffer at an odd offset:
+        # the kernels address elements as base + i * (stride / itemsize), so
+        # they read aligned copies.  (Such an x is then cached as a copy.)
+        value = value.copy()
     return value
 
 
@@ -164,6 +169,12 @@ def check_out(out, name, shape, dtype, *inputs):
         raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} is not aligned: its address or strides {out.strides} are "
+                         f"not multiples of its itemsize {out.itemsize} (a field of a "
+                         f"packed structured array, or a buffer at an odd offset); pass "
+                         f"an aligned array, e.g. np.empty_like({name}), and copy into "
+                         f"{name} afterwards")
     if not (out.flags.c_contiguous or out.flags.f_contiguous) and _self_overlaps(out):
         raise ValueError(f"{name} has elements that share memory (a zero or too small "
                          f"stride, e.g. from as_strided or broadcast_to): each output "
