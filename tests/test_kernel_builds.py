@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastbn import compiled, reference
+from fastbn import _dispatch, compiled, reference
 from conftest import TOL, make_case, with_layout
 
 
@@ -23,7 +23,7 @@ def _builds(name="_bn", id_prefix=""):
     marks = []
     # Ask the CPU before importing: even loading the AVX2 module (its init code
     # is compiled with -mavx2) dies of SIGILL on a CPU without AVX2.
-    if not importlib.import_module("fastbn._bn").cpu_has_avx2_fma():
+    if not _dispatch.cpu_supports("avx2"):
         marks = [pytest.mark.skip("CPU lacks AVX2/FMA")]
     elif importlib.util.find_spec(f"fastbn.{avx2}") is None:
         marks = [pytest.mark.skip("not built")]

@@ -7,7 +7,7 @@ what the fused compiled functions give on the whole batch.
 import numpy as np
 import pytest
 
-from fastbn import compiled
+from fastbn import _dispatch, compiled
 from fastbn import moments as M
 
 from conftest import TOL, cases, make_case, with_layout
@@ -76,7 +76,7 @@ def _builds():
     import importlib
     mods = [importlib.import_module("fastbn._moments")]
     # ask the CPU first: loading the AVX2 module on a CPU without AVX2 is SIGILL
-    if compiled._bn_baseline.cpu_has_avx2_fma():
+    if _dispatch.cpu_supports("avx2"):
         try:
             mods.append(importlib.import_module("fastbn._moments_avx2"))
         except ImportError:
@@ -207,7 +207,7 @@ def test_kernel_builds_agree(rng):
     """The AVX2 build (when this CPU and compiler have it) computes what the baseline does."""
     import importlib
     from fastbn import _moments as base
-    if not compiled._bn_baseline.cpu_has_avx2_fma():     # before importing: SIGILL
+    if not _dispatch.cpu_supports("avx2"):     # before importing: SIGILL
         pytest.skip("this CPU has no AVX2+FMA")
     try:
         avx2 = importlib.import_module("fastbn._moments_avx2")

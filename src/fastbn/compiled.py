@@ -7,70 +7,21 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
-import importlib
-import os
-
 import numpy as np
 
 from ._alloc import empty_reused
-from . import _bn as _bn_baseline
 from ._config import threads_for
+from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
 from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, check_out
+# layer normalization lives in its own module; re-exported so this module
+# stays the whole compiled backend
+from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: F401
 
 F64 = np.float64
 
-KERNEL_BUILDS = ("auto", "baseline", "avx2")
-
-
-def _select_kernels():
-    """The fastest build of the kernel module that this CPU can execute.
-
-    ``FASTBN_KERNELS=baseline`` (or ``avx2``) forces one, e.g. to compare
-    them; ``auto`` (the default) takes the AVX2+FMA build when the CPU has
-    both and the build exists (it is not built on non-x86 machines' compilers).
-    """
-    want = os.environ.get("FASTBN_KERNELS", "").strip().lower() or "auto"
-    if want not in KERNEL_BUILDS:
-        raise ValueError(f"FASTBN_KERNELS must be one of {', '.join(KERNEL_BUILDS)}, "
-                         f"got {want!r}")
-    if want == "baseline":
-        return _bn_baseline
-    if _bn_baseline.cpu_has_avx2_fma():
-        try:
-            from . import _bn_avx2
-        except ImportError:
-            if want == "avx2":
-                raise
-        else:
-            if _bn_avx2.kernel_isa() == "avx2":
-                return _bn_avx2
-    if want == "avx2":
-        raise RuntimeError("FASTBN_KERNELS=avx2, but this CPU or build has no AVX2+FMA "
-                           "kernels")
-    return _bn_baseline
-
-
 # the kernel module every call below goes through (a module attribute, so
 # tests can patch it)
-_bn = _select_kernels()
-KERNEL_ISA = _bn.kernel_isa()
-
-
-def matching_build(baseline, avx2_name):
-    """The build of another kernel module (``_moments``, ``_ln``) matching ``_bn``'s.
-
-    Its AVX2 build ``fastbn.<avx2_name>`` when the batch-norm kernels run
-    theirs (``FASTBN_KERNELS`` included) and it is installed, else ``baseline``:
-    the pieces and the fused kernels always share one instruction set.
-    """
-    if KERNEL_ISA == "avx2":
-        try:
-            variant = importlib.import_module(f"fastbn.{avx2_name}")
-        except ImportError:
-            return baseline
-        if variant.kernel_isa() == "avx2":
-            return variant
-    return baseline
+_bn = matching_build("_bn")
 
 
 class BatchNormCache:
@@ -345,8 +296,3 @@ def spatial_batchnorm_backward(dout, cache, dx=None):
     dgamma, dbeta : ndarray, shape (C,)
     """
     return _backward(dout, cache, dx, spatial=True)
-
-
-# Layer normalization lives in its own module; re-exported so this module
-# stays the whole compiled backend.
-from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: E402,F401

@@ -8,14 +8,12 @@ the per-row mean and inverse standard deviation in float64.
 """
 import numpy as np
 
-from . import _ln as _ln_baseline
 from ._alloc import empty
 from ._config import threads_for
+from ._dispatch import matching_build
 from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
 
-from .compiled import matching_build
-
-_ln = matching_build(_ln_baseline, "_ln_avx2")
+_ln = matching_build("_ln")
 
 F64 = np.float64
 

@@ -24,12 +24,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _moments as _moments_baseline
 from ._config import threads_for
+from ._dispatch import matching_build
 from ._validation import as_float_array, check_dout, check_out
-from .compiled import _bn, _output, _uses_rows, _view, matching_build
+from .compiled import _output, _uses_rows, _view
 
-_moments = matching_build(_moments_baseline, "_moments_avx2")
+_bn = matching_build("_bn")
+_moments = matching_build("_moments")
 
 F64 = np.float64
 

@@ -1,0 +1,77 @@
+"""Which build of the kernel modules this process runs.
+
+Each kernel module (``_bn``, ``_moments``, ``_ln``) is compiled once per
+instruction set: ``fastbn._bn`` for any CPU the wheel supports and
+``fastbn._bn_avx2`` with AVX2 and FMA.  The choice is made once, here, from
+the running CPU's features and ``FASTBN_KERNELS``; every module then loads
+its build of that instruction set through :func:`matching_build`, so the
+fused kernels and the split-up pieces always compute with the same
+instructions (and give the same bits).
+"""
+import importlib
+import os
+
+from . import _bn as _bn_baseline
+
+KERNEL_BUILDS = ("auto", "baseline", "avx2")
+
+# instruction sets above the baseline, fastest first
+_ISA_ORDER = ("avx2",)
+
+
+def cpu_supports(isa):
+    """Can the running CPU (and OS) execute the kernels built for ``isa``?
+
+    Asked before importing a build: loading a module compiled for a wider
+    instruction set than the CPU has dies of SIGILL.
+    """
+    if isa == "baseline":
+        return True
+    if isa == "avx2":
+        return bool(_bn_baseline.cpu_has_avx2_fma())
+    return False
+
+
+def _load(name, isa):
+    """``fastbn.<name>`` built for ``isa``, or None when it is not installed
+    or was compiled without that instruction set (a non-x86 compiler)."""
+    if isa == "baseline":
+        return importlib.import_module(f"fastbn.{name}")
+    try:
+        mod = importlib.import_module(f"fastbn.{name}_{isa}")
+    except ImportError:
+        return None
+    return mod if mod.kernel_isa() == isa else None
+
+
+def _select_kernels():
+    """The instruction set of the fastest kernel build this CPU can execute.
+
+    ``FASTBN_KERNELS=baseline`` (or ``avx2``) forces one, e.g. to compare
+    them, and is an error when the CPU or the installation lacks it;
+    ``auto`` (the default) takes the widest build that the CPU runs and the
+    installation has.
+    """
+    want = os.environ.get("FASTBN_KERNELS", "").strip().lower() or "auto"
+    if want not in KERNEL_BUILDS:
+        raise ValueError(f"FASTBN_KERNELS must be one of {', '.join(KERNEL_BUILDS)}, "
+                         f"got {want!r}")
+    if want != "auto":
+        if want != "baseline" and not (cpu_supports(want) and _load("_bn", want)):
+            raise RuntimeError(f"FASTBN_KERNELS={want}, but this CPU or installation "
+                               f"has no {want} kernels")
+        return want
+    for isa in _ISA_ORDER:
+        if cpu_supports(isa) and _load("_bn", isa) is not None:
+            return isa
+    return "baseline"
+
+
+# the instruction set every kernel module of this process is loaded for
+KERNEL_ISA = _select_kernels()
+
+
+def matching_build(name):
+    """The build of kernel module ``name`` (``"_bn"``, ``"_moments"``, ``"_ln"``)
+    for :data:`KERNEL_ISA`; the baseline build when that one is not installed."""
+    return _load(name, KERNEL_ISA) or _load(name, "baseline")
