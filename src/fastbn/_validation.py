@@ -247,3 +247,53 @@ def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
         raise ValueError("cache is inconsistent (its arrays were modified or the forward "
                          "input was reshaped in place after the forward pass); run the "
                          "forward pass again")
+
+
+class GroupNormParams(NamedTuple):
+    """Everything a group-norm forward pass needs, checked."""
+    x: np.ndarray
+    gamma: np.ndarray       # (C,), whatever shape the caller passed
+    beta: np.ndarray        # (C,)
+    G: int
+    eps: float
+    param_shape: tuple      # the caller's gamma shape: (C,) or (1, C, 1, 1)
+
+
+def _check_channel_param(v, name, C, dtype):
+    """gamma/beta of group norm: shape (C,) or the course's (1, C, 1, 1)."""
+    v = as_float_array(v, name)
+    if v.shape not in ((C,), (1, C, 1, 1)):
+        raise ValueError(f"{name} must have shape ({C},) or (1, {C}, 1, 1) to match x's "
+                         f"C = {C} channels, got {v.shape}")
+    return check_vector(v.reshape(C), name, C, dtype), v.shape
+
+
+def check_groups(G, C):
+    """The number of groups: a positive int dividing the channel count C."""
+    if isinstance(G, (bool, np.bool_)) or not isinstance(G, numbers.Integral):
+        raise TypeError(f"G must be an int (the number of groups), got {type(G).__name__}")
+    G = int(G)
+    if G <= 0:
+        raise ValueError(f"G must be a positive number of groups, got {G}")
+    if C % G:
+        raise ValueError(f"G = {G} groups must divide the number of channels C = {C}")
+    return G
+
+
+def check_groupnorm_args(x, gamma, beta, G, gn_param):
+    """Validate a group-norm forward call: x (N, C, H, W), statistics per (n, group).
+
+    ``gn_param`` may be any mapping; only ``eps`` (default 1e-5) is read, so
+    the course's ``bn_param`` dicts (with a ``mode``) pass unchanged.
+    """
+    x = check_input(x, 4)
+    C = x.shape[1]
+    gamma, shape = _check_channel_param(gamma, "gamma", C, x.dtype)
+    beta, _ = _check_channel_param(beta, "beta", C, x.dtype)
+    G = check_groups(G, C)
+    if not isinstance(gn_param, Mapping):
+        raise TypeError(f"gn_param must be a dict, got {type(gn_param).__name__}")
+    eps = _real(gn_param.get("eps", 1e-5), "gn_param['eps']")
+    if eps < 0:
+        raise ValueError(f"gn_param['eps'] must be >= 0, got {eps}")
+    return GroupNormParams(x, gamma, beta, G, eps, shape)

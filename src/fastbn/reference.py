@@ -19,10 +19,40 @@ Conventions
 * Layer normalization (Ba, Kiros & Hinton, 2016) turns the axes around:
   each *sample* is normalized over its D features, the same way in training
   and at test time, so it keeps no running statistics.
+* Group normalization (Wu & He, 2018) sits between the two for ``(N, C, H,
+  W)`` activations: the C channels of each sample are split into G groups of
+  C/G consecutive channels, and each (sample, group) is normalized over its
+  C/G * H * W values.  G = 1 is layer norm over (C, H, W), G = C is instance
+  norm.  ``gamma`` and ``beta`` still act per channel.
+* Every mean and variance is computed in float64 around one of its own
+  samples (:func:`_moments`), so a constant feature normalizes to exactly 0
+  at any magnitude.
 """
 import numpy as np
 
-from ._validation import check_batchnorm_args, check_dout, check_layernorm_args
+from ._validation import (check_batchnorm_args, check_dout, check_groupnorm_args,
+                          check_layernorm_args)
+
+
+def _moments(x, axis):
+    """Mean and biased variance of ``x`` over ``axis``, in float64, keepdims.
+
+    The textbook ``x.mean()`` / ``x.var()`` lose a constant feature far from
+    zero: for 1e20 repeated, the float64 sum rounds, the mean comes out one
+    ulp (16384) away from the data, and ``x - mean`` is then +-16384 instead of
+    0, so the "normalized" feature is -1 and its gamma gradient huge.
+    Subtracting one sample of the feature first (``shift``) takes the
+    magnitude out before anything is summed: a constant feature becomes exact
+    zeros, and other data lose nothing (two floats within a factor of two
+    subtract exactly).  The variance is then the two-pass one, around the
+    shifted mean.
+    """
+    first = tuple(slice(0, 1) if k in axis else slice(None) for k in range(x.ndim))
+    shift = x[first].astype(np.float64)
+    d = x - shift                                   # float64
+    d_mean = d.mean(axis=axis, keepdims=True)
+    var = ((d - d_mean) ** 2).mean(axis=axis, keepdims=True)    # biased: divides by count
+    return shift + d_mean, var
 
 
 def batchnorm_forward(x, gamma, beta, bn_param):
@@ -51,10 +81,10 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
 
     if p.mode == "train":
-        # Statistics in float64 even for float32 x: summed in float32, 1e5 values
-        # near 1e4 lose the digits that tell them apart (the result is off by ~5).
-        mean = x.mean(axis=0, dtype=np.float64)
-        var = x.var(axis=0, dtype=np.float64)    # biased: divides by N
+        # Statistics in float64 even for float32 x (see _moments): summed in
+        # float32, 1e5 values near 1e4 would lose the digits that tell them
+        # apart (the result is off by ~5).  Biased variance: divides by N.
+        mean, var = (m[0] for m in _moments(x, axis=(0,)))
         running_mean = p.momentum * running_mean + (1 - p.momentum) * mean
         running_var = p.momentum * running_var + (1 - p.momentum) * var
     else:
@@ -80,6 +110,7 @@ _CACHE_KEYS = {
     "batchnorm": {"mode", "x", "x_centered", "x_hat", "std", "gamma"},
     "spatial_batchnorm": {"x", "rows"},
     "layernorm": {"x", "x_hat", "std", "gamma"},
+    "groupnorm": {"x", "G", "x_centered", "x_hat", "std", "gamma", "param_shape"},
 }
 
 
@@ -244,8 +275,7 @@ def layernorm_forward(x, gamma, beta, ln_param):
     x, gamma, beta = p.x, p.gamma, p.beta
 
     # (N, 1): one mean per sample; float64 statistics as in batchnorm_forward
-    mean = x.mean(axis=1, keepdims=True, dtype=np.float64)
-    var = x.var(axis=1, keepdims=True, dtype=np.float64)     # biased: divides by D
+    mean, var = _moments(x, axis=(1,))                        # biased: divides by D
     std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
     x_hat = (x - mean).astype(x.dtype, copy=False) / std
     out = gamma * x_hat + beta                  # gamma, beta broadcast over rows
@@ -291,3 +321,98 @@ def layernorm_backward(dout, cache):
           - dx_hat.mean(axis=1, keepdims=True)
           - x_hat * (dx_hat * x_hat).mean(axis=1, keepdims=True)) / std
     return dx.astype(dout.dtype, copy=False), dgamma, dbeta
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+    """Forward pass of group normalization.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+        Input data, float32 or float64.
+    gamma, beta : ndarray, shape (1, C, 1, 1) or (C,)
+        Per-channel scale and shift, same dtype as ``x``.
+    G : int
+        Number of groups; must divide C.  Group g holds channels
+        ``g * C // G`` to ``(g + 1) * C // G - 1``.
+    gn_param : dict
+        ``eps`` (default 1e-5); other keys are ignored.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H, W)
+        ``gamma * (x - mean) / sqrt(var + eps) + beta`` with the mean and
+        biased variance of each (sample, group) over its C/G * H * W values.
+    cache : dict
+        The intermediate values :func:`spatial_groupnorm_backward` needs.
+    """
+    p = check_groupnorm_args(x, gamma, beta, G, gn_param)
+    x, G = p.x, p.G
+    N, C, H, W = x.shape
+    channel = (1, C, 1, 1)                  # broadcasts a per-channel value over (N, C, H, W)
+    gamma, beta = p.gamma.reshape(channel), p.beta.reshape(channel)
+
+    # Give each group its own axis: (N, G, C/G, H, W); a group is one [n, g].
+    x_groups = x.reshape(N, G, C // G, H, W)
+    mean, var = _moments(x_groups, axis=(2, 3, 4))    # (N, G, 1, 1, 1), float64
+    std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
+    x_centered = (x_groups - mean).astype(x.dtype, copy=False)
+    x_hat = x_centered / std
+    out = gamma * x_hat.reshape(N, C, H, W) + beta
+
+    cache = {"kind": "groupnorm", "x": x, "G": G, "x_centered": x_centered,
+             "x_hat": x_hat, "std": std, "gamma": gamma, "param_shape": p.param_shape}
+    return out.astype(x.dtype, copy=False), cache
+
+
+def spatial_groupnorm_backward(dout, cache):
+    """Backward pass of group normalization, node by node.
+
+    Per group, the forward pass is the chain of :func:`batchnorm_backward`,
+    with the M = C/G * H * W values of one (sample, group) in the role of the
+    batch; only the last step acts per channel::
+
+        mean = sum(x) / M                       # per group
+        x_centered = x - mean
+        var = sum(x_centered**2) / M
+        std = sqrt(var + eps)
+        x_hat = x_centered / std
+        out = gamma * x_hat + beta              # per channel
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, H, W)
+        Upstream gradient.
+    cache : dict
+        From :func:`spatial_groupnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    dgamma, dbeta : ndarray, the shape of the forward's gamma
+        ``(1, C, 1, 1)`` as in the course, or ``(C,)``.
+    """
+    c = _check_cache(cache, "groupnorm")
+    dout = check_dout(dout, c["x"])
+    x_centered, x_hat, std, gamma, G = c["x_centered"], c["x_hat"], c["std"], c["gamma"], c["G"]
+    N, C, H, W = dout.shape
+    group_axes = (2, 3, 4)
+    M = (C // G) * H * W
+
+    # out = gamma * x_hat + beta: per-channel parameters sum over N, H and W
+    dbeta = dout.sum(axis=(0, 2, 3)).reshape(c["param_shape"])
+    dgamma = (dout * x_hat.reshape(N, C, H, W)).sum(axis=(0, 2, 3)).reshape(c["param_shape"])
+    dx_hat = (dout * gamma).reshape(N, G, C // G, H, W)
+
+    # x_hat = x_centered / std: two paths, through x_centered and through std
+    dx_centered = dx_hat / std
+    dstd = -(dx_hat * x_centered).sum(axis=group_axes, keepdims=True) / std**2
+    # std = sqrt(var + eps)
+    dvar = dstd / (2 * std)
+    # var = sum(x_centered**2) / M
+    dx_centered += 2 * x_centered * dvar / M
+    # x_centered = x - mean: two paths, directly and through mean
+    dmean = -dx_centered.sum(axis=group_axes, keepdims=True)
+    # mean = sum(x) / M
+    dx = dx_centered + dmean / M
+    return dx.reshape(N, C, H, W).astype(dout.dtype, copy=False), dgamma, dbeta
