@@ -1,13 +1,18 @@
-"""pytest-benchmark suite setup: thread counts and the optional torch import.
+"""pytest-benchmark suite setup: thread counts, the optional torch import and
+the fastbn speedup summary (see :mod:`fastbn.benchmark.pytest_plugin`).
 
 Run with ``pytest bench/ --benchmark-only`` (not part of ``python -m pytest``,
 whose testpaths is ``tests/``).  ``--bench-threads N`` sets the threads of
-fastbn and torch alike (default: ``fastbn.get_num_threads()``).
+fastbn and torch alike (default: ``fastbn.get_num_threads()``).  The compare
+workflow (``--benchmark-save``, ``--benchmark-compare``,
+``--benchmark-compare-fail``) is described in bench/README.md.
 """
 import pytest
 
 import fastbn
 from fastbn.benchmark import import_torch
+from fastbn.benchmark.pytest_plugin import pytest_benchmark_update_json, \
+    pytest_terminal_summary  # noqa: F401  (hooks: pytest finds them by name here)
 
 
 def pytest_addoption(parser):

@@ -17,24 +17,19 @@ by other load), each started after a barrier:
 Prints a Markdown table on rank 0 (the slowest process's best per column).
 """
 import argparse
-import time
 
 import numpy as np
 from mpi4py import MPI
 
 from fastbn import compiled
 from fastbn import distributed as dist
+from fastbn.benchmark import call_times, make_case
 
 SHAPES = [(256, 1024), (4096, 1024), (32, 64, 28, 28), (32, 256, 14, 14)]
 
 
 def best_time(comm, fn, repeat):
-    times = []
-    for _ in range(repeat):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    times = call_times(fn, repeat, before=comm.Barrier)
     return comm.allreduce(min(times), op=MPI.MAX)     # the slowest process's best
 
 
@@ -43,14 +38,12 @@ def main():
     p.add_argument("--repeat", type=int, default=50)
     args = p.parse_args()
     comm = MPI.COMM_WORLD
-    rng = np.random.default_rng(comm.Get_rank())
     rows = []
     for shape in SHAPES:
         spatial = len(shape) == 4
         D = shape[1]
-        x = rng.standard_normal(shape).astype(np.float32)
-        dout = rng.standard_normal(shape).astype(np.float32)
-        g, b = np.ones(D, np.float32), np.zeros(D, np.float32)
+        case = make_case(shape, "float32", seed=comm.Get_rank())
+        x, dout, g, b = (case[k] for k in ("x", "dout", "gamma", "beta"))
         ffwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
         fbwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward
         sfwd = dist.sync_spatial_batchnorm_forward if spatial else dist.sync_batchnorm_forward

@@ -1,10 +1,11 @@
 """Shipped build vs baseline vs ``-march=native`` build of the hot kernels.
 
 Builds the extensions from this checkout into temporary directories -- once
-with the flags a wheel gets, once adding ``-march=native`` -- then times
-batch-norm forward (train) and backward in each configuration, alternating
-configurations between rounds so machine noise hits all alike, and prints one
-table of best times and ratios to the first configuration.
+with the flags a wheel gets, once adding ``-march=native`` -- then runs
+``python -m fastbn.benchmark --impls fastbn --in-process`` (the same cases
+and timing as ``fastbn bench``) in each configuration, alternating
+configurations between rounds so machine noise hits all alike, and prints
+one table of best times and ratios to the first configuration.
 
 Default configurations (NAME=CFLAGS@FASTBN_KERNELS):
 
@@ -13,9 +14,6 @@ Default configurations (NAME=CFLAGS@FASTBN_KERNELS):
 * ``baseline=@baseline``: the portable SSE2 kernels every x86-64 CPU runs.
 
     python scripts/bench_isa.py [--threads 1] [--rounds 3] [--json out.json]
-
-Timings are best-of-N wall times of the compiled backend with preallocated
-outputs (``out=``/``dx=``), so only the kernels are measured.
 """
 import argparse
 import json
@@ -26,40 +24,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-CASES = [  # (label, shape)
-    ("(64,64,56,56) f32", (64, 64, 56, 56)),
-    ("(4096,1024) f32", (4096, 1024)),
-]
-
-CHILD = r"""
-import json, sys, time
-import numpy as np
-import fastbn
-from fastbn import compiled
-assert fastbn.__file__.startswith(sys.argv[1]), fastbn.__file__
-shapes = json.loads(sys.argv[2]); reps = int(sys.argv[3])
-rng = np.random.default_rng(0)
-res = {"isa": compiled.KERNEL_ISA + " kernels, baseline " +
-       fastbn.show_config("dicts")["build"]["isa_level"]}
-for shape in shapes:
-    shape = tuple(shape)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    C = shape[1]
-    g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
-    out = np.empty_like(x); dx = np.empty_like(x); dout = rng.standard_normal(shape, dtype=np.float32)
-    fwd = compiled.spatial_batchnorm_forward if len(shape) == 4 else compiled.batchnorm_forward
-    bwd = compiled.spatial_batchnorm_backward if len(shape) == 4 else compiled.batchnorm_backward
-    bn = {"mode": "train"}
-    _, cache = fwd(x, g, b, bn, out=out)
-    bwd(dout, cache, dx=dx)
-    tf, tb = [], []
-    for _ in range(reps):
-        t = time.perf_counter(); _, cache = fwd(x, g, b, bn, out=out); tf.append(time.perf_counter() - t)
-        t = time.perf_counter(); bwd(dout, cache, dx=dx); tb.append(time.perf_counter() - t)
-    res[str(list(shape))] = {"forward": min(tf), "backward": min(tb)}
-print(json.dumps(res))
-"""
+SHAPES = ["64x64x56x56", "4096x1024"]
 
 
 def build(dest, extra_cflags):
@@ -69,19 +34,31 @@ def build(dest, extra_cflags):
     subprocess.run([sys.executable, "setup.py", "build_ext", "-j", "2",
                     "-b", dest, "-t", os.path.join(dest, "tmp")],
                    cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    for name in os.listdir(os.path.join(ROOT, "src", "fastbn")):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(ROOT, "src", "fastbn", name), os.path.join(dest, "fastbn"))
+    shutil.copytree(os.path.join(ROOT, "src", "fastbn"), os.path.join(dest, "fastbn"),
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "*.pyd", "__pycache__"),
+                    dirs_exist_ok=True)
+
+
+def run_bench(path, isa_env, threads, repeat, out):
+    """One ``fastbn bench`` run of the build in ``path``; its result dict."""
+    subprocess.run([sys.executable, "-m", "fastbn.benchmark", "--impls", "fastbn",
+                    "--in-process", "--threads", str(threads), "--repeat", str(repeat),
+                    "--shapes", *SHAPES, "--json", out],
+                   env=dict(os.environ, PYTHONPATH=path, FASTBN_KERNELS=isa_env),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out) as f:
+        return json.load(f)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="FASTBN_NUM_THREADS for both builds")
+    ap.add_argument("--threads", type=int, default=1, help="threads of every build")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per build")
-    ap.add_argument("--reps", type=int, default=10, help="timed calls per case per round")
+    ap.add_argument("--repeat", type=int, default=5, help="fastbn bench --repeat per round")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--variants", nargs="+",
-                    default=["native=-march=native@baseline", "shipped=@auto", "baseline=@baseline"],
+                    default=["native=-march=native@baseline", "shipped=@auto",
+                             "baseline=@baseline"],
                     help="NAME=CFLAGS@FASTBN_KERNELS configurations; the first is the reference")
     args = ap.parse_args(argv)
 
@@ -96,40 +73,32 @@ def main(argv=None):
             if cflags not in dirs:
                 dirs[cflags] = os.path.join(tmp, f"build{len(dirs)}")
                 build(dirs[cflags], cflags)
-        builds = {name: dirs[cflags] for name, (cflags, _) in configs.items()}
-        env = dict(os.environ, FASTBN_NUM_THREADS=str(args.threads))
-        best, isa = {}, {}
-        shapes = json.dumps([s for _, s in CASES])
+        best, kernels = {}, {}
         for _ in range(args.rounds):
-            for name, path in builds.items():
-                out = subprocess.run([sys.executable, "-c", CHILD, path, shapes, str(args.reps)],
-                                     env=dict(env, PYTHONPATH=path, FASTBN_KERNELS=configs[name][1]),
-                                     check=True,
-                                     capture_output=True, text=True).stdout
-                res = json.loads(out)
-                isa[name] = res.pop("isa")
-                for key, times in res.items():
-                    for op, t in times.items():
-                        k = (name, key, op)
-                        best[k] = min(best.get(k, float("inf")), t)
+            for name, (cflags, isa_env) in configs.items():
+                res = run_bench(dirs[cflags], isa_env, args.threads, args.repeat,
+                                os.path.join(tmp, "run.json"))
+                kernels[name] = res["kernels"]
+                for r in res["results"]:
+                    k = (name, r["label"], r["direction"])
+                    best[k] = min(best.get(k, float("inf")), r["ms"]["fastbn"]["min"])
 
-    rows = []
-    names = list(builds)
+    names = list(configs)
     ref = names[0]
-    print(f"threads={args.threads}  " + "  ".join(f"{n}: {isa[n]}" for n in names))
-    print(f"{'case':<20}{'op':<10}" + "".join(f"{n + ' ms':>14}" for n in names)
+    cases = sorted({(label, d) for _, label, d in best}, key=lambda c: (c[0], c[1] != "forward"))
+    print(f"threads={args.threads}  " + "  ".join(f"{n}: {kernels[n]} kernels" for n in names))
+    print(f"{'case':<20}{'pass':<10}" + "".join(f"{n + ' ms':>14}" for n in names)
           + "".join(f"{n + '/' + ref:>18}" for n in names[1:]))
-    for label, shape in CASES:
-        key = str(list(shape))
-        for op in ("forward", "backward"):
-            t = {n: best[(n, key, op)] for n in names}
-            rows.append({"case": label, "op": op, **{f"{n}_ms": t[n] * 1e3 for n in names},
-                         **{f"{n}/{ref}": t[n] / t[ref] for n in names[1:]}})
-            print(f"{label:<20}{op:<10}" + "".join(f"{t[n] * 1e3:>14.2f}" for n in names)
-                  + "".join(f"{t[n] / t[ref]:>18.3f}" for n in names[1:]))
+    rows = []
+    for label, op in cases:
+        t = {n: best[(n, label, op)] for n in names}
+        rows.append({"case": label, "pass": op, **{f"{n}_ms": t[n] for n in names},
+                     **{f"{n}/{ref}": t[n] / t[ref] for n in names[1:]}})
+        print(f"{label:<20}{op:<10}" + "".join(f"{t[n]:>14.3f}" for n in names)
+              + "".join(f"{t[n] / t[ref]:>18.3f}" for n in names[1:]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "isa": isa, "rows": rows}, f, indent=1)
+            json.dump({"threads": args.threads, "kernels": kernels, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -87,7 +87,7 @@ def test_bench_worker_failure_is_an_error_not_a_hang():
     workers = _Workers(["fastbn", "no_such_impl"], 1)
     try:
         with pytest.raises(RuntimeError, match="no_such_impl worker failed"):
-            workers.setup((3, 2), "float32", "forward")
+            workers.setup(((3, 2), "float32"), "forward")
     finally:
         workers.close()
     assert not any(p.is_alive() for p in workers.procs)
@@ -155,5 +155,74 @@ def test_parse_shape_rejects(text):
 
 
 def test_bench_rejects_bad_threads(capsys):
-    assert cli.main(["bench", "--threads", "0", "--no-torch"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--threads", "0", "--no-torch"])
+    assert info.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_bench_without_torch_explains_only_present_columns(capsys):
+    assert cli.main(["bench", "--shapes", "5x3", "--repeat", "1", "--threads", "1",
+                     "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" not in out.lower()
+    assert "reference / fastbn, best (median)" in out       # the bracket explained in the head
+    assert "stream:" in out and "reference:" in out          # the legend of the columns present
+
+
+def test_bench_impls_fastbn_only(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--shapes", "5x3", "--repeat", "1", "--threads", "1",
+                     "--impls", "fastbn", "--in-process", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert all(set(r["ms"]) == {"fastbn"} for r in data["results"])
+    assert "stream" not in out and "reference" not in out
+
+
+def test_sweep_grid_definition():
+    from fastbn.benchmark import sweep_cases
+    cases = sweep_cases()
+    cells = {c.shape for c in cases}
+    want = {(n, d) for n in (8, 64, 256, 1024, 4096, 16384) for d in (256, 1024, 4096)
+            if n * d <= 1 << 24}
+    assert cells == want and len(cases) == len(want)
+    assert (16384, 4096) not in cells and (4096, 4096) in cells
+    assert all(c.dtype == "float32" and c.kind == "bn" for c in cases)
+
+
+def test_sweep_heat_map_and_markdown(tmp_path, monkeypatch):
+    # a small grid through the same code path as --sweep: the JSON carries the
+    # machine facts, the plot is a heat map, the markdown quotes the command
+    pytest.importorskip("matplotlib")
+    from fastbn.benchmark import cases, cli as bench_cli
+    from fastbn.benchmark.report import sweep_grid
+    monkeypatch.setitem(cases.SUITES, "sweep", cases.sweep_cases(ns=(4, 6), ds=(3, 5)))
+    path, png, md = tmp_path / "s.json", tmp_path / "s.png", tmp_path / "s.md"
+    assert bench_cli.main(["--sweep", "--repeat", "1", "--threads", "1", "--no-torch",
+                           "--json", str(path), "--plot", str(png), "--markdown", str(md)]) == 0
+    data = json.loads(path.read_text())
+    assert data["kernels"] and data["machine"]["cpu"] and data["threads"] == 1
+    assert "torch_version" in data and data["date"]
+    ns, ds, cells = sweep_grid(data)
+    assert ns == [4, 6] and ds == [3, 5] and set(cells) == {"forward", "backward"}
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "fastbn bench --sweep --repeat 1" in text and data["date"] in text
+    assert data["machine"]["cpu"] in text
+
+
+def test_bench_cases_of_every_kind_in_process(tmp_path):
+    # layer norm, channels-last, F-order and a 1-thread case through the same runner
+    from fastbn.benchmark import Case, run_benchmark
+    from fastbn.benchmark.report import format_table
+    cs = [Case("ln", (6, 5)), Case("nhwc", (2, 3, 4, 5)), Case("ln", (6, 5), order="F"),
+          Case("bn", (4, 3), "float64", threads=1)]
+    r = run_benchmark(cs, threads=1, repeat=1, torch=None, isolate=False)
+    assert [(x["kind"], x["direction"]) for x in r["results"]] == \
+        [(c.kind, d) for c in cs for d in ("forward", "backward")]
+    table = format_table(r)
+    assert "LN (6, 5)" in table and "(2, 3, 4, 5) NHWC" in table and "F-order" in table
+    assert "(4, 3) 1 thread" in table
+

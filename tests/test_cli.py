@@ -153,3 +153,27 @@ def test_python_dash_m_fastbn(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "batchnorm" in proc.stdout and (tmp_path / "depth.json").exists()
     assert_png(tmp_path / "depth.png")
+
+
+def test_version(capsys):
+    import fastbn
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fastbn {fastbn.__version__}"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "--shapes", "100x500:f16"], ["'100x500:f16'", "f32 or f64"]),
+    (["bench", "--shapes", "axb"], ["'axb'", "joined by 'x'"]),
+    (["bench", "--shapes", "2x3x4"], ["'2x3x4'", "2 (N, D) or 4 (N, C, H, W)"]),
+    (["bench", "--repeat", "0"], ["--repeat", "positive integer"]),
+])
+def test_bench_errors_in_the_users_words(capsys, argv, words):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+    assert "invalid" not in err and "parse_shape" not in err and "_shape_arg" not in err

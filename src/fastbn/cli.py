@@ -9,11 +9,13 @@ import argparse
 import importlib
 import sys
 
+from ._version import __version__
+
 # subcommand name -> (module, one-line help)
 SUBCOMMANDS = {
     "experiment": ("fastbn.experiments", "run a classic batch-norm experiment and plot it"),
     "check": ("fastbn.checks", "numerical checks of the classic notebook, as a report"),
-    "bench": ("fastbn.benchmark", "speedup table: fastbn vs NumPy reference vs PyTorch"),
+    "bench": ("fastbn.benchmark.cli", "speedup table: fastbn vs NumPy reference vs PyTorch"),
     "info": ("fastbn.info", "show the build configuration (OpenMP, threads, kernels)"),
 }
 
@@ -22,6 +24,7 @@ def _build_parser(argv):
     parser = argparse.ArgumentParser(
         prog="fastbn",
         description="fastbn: fast batch normalization for NumPy; experiments, checks and benchmarks.")
+    parser.add_argument("--version", action="version", version=f"fastbn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Only import the module of the subcommand being run.
@@ -36,6 +39,8 @@ def _build_parser(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _build_parser(argv).parse_args(argv)
+    if args.command == "bench":
+        args.argv = argv    # the command line as given: its reports quote it
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     return module.run(args) or 0
 
