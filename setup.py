@@ -44,7 +44,8 @@ def _compiler_has_openmp(compiler, flags):
 # the running CPU has both features, so every wheel still runs everywhere.
 ISA_VARIANTS = {"_bn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
                 "_moments_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
-                "_ln_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+                "_ln_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
+                "_gn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
 
 
 def _compiler_accepts(compiler, flags):
@@ -121,8 +122,8 @@ def _ext(name):
     return Extension(
         f"fastbn.{name}",
         [f"src/fastbn/{name}.pyx"],
-        depends=glob.glob("src/fastbn/*.pxd"),
-        include_dirs=[np.get_include()],
+        depends=glob.glob("src/fastbn/*.pxd") + glob.glob("src/fastbn/include/fastbn/*.h"),
+        include_dirs=[np.get_include(), "src/fastbn/include"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 

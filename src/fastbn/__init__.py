@@ -138,10 +138,26 @@ layernorm_forward = _forward_dispatch("layernorm_forward")
 
 layernorm_backward = _backward_dispatch("layernorm_backward")
 
+
+@functools.wraps(compiled.spatial_groupnorm_forward)
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
+    if _module() is compiled:
+        return compiled.spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=out)
+    result, cache = reference.spatial_groupnorm_forward(x, gamma, beta, G, gn_param)
+    if out is None:
+        return result, cache
+    check_out(out, "out", result.shape, result.dtype, x, gamma, beta)
+    np.copyto(out, result)
+    return out, cache
+
+
+spatial_groupnorm_backward = _backward_dispatch("spatial_groupnorm_backward")
+
 __all__ = [
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "spatial_batchnorm_forward", "spatial_batchnorm_backward",
     "layernorm_forward", "layernorm_backward",
+    "spatial_groupnorm_forward", "spatial_groupnorm_backward",
     "set_backend", "get_backend", "backend", "use_backend", "BACKENDS",
     "set_num_threads", "get_num_threads", "openmp_enabled", "show_config",
     "set_buffer_cache", "buffer_cache_info",

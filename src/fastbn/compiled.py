@@ -16,6 +16,8 @@ from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, c
 # layer normalization lives in its own module; re-exported so this module
 # stays the whole compiled backend
 from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: F401
+from .compiled_gn import (GroupNormCache, spatial_groupnorm_backward,  # noqa: F401
+                          spatial_groupnorm_forward)
 
 F64 = np.float64
 
