@@ -296,4 +296,26 @@ def check_groupnorm_args(x, gamma, beta, G, gn_param):
     eps = _real(gn_param.get("eps", 1e-5), "gn_param['eps']")
     if eps < 0:
         raise ValueError(f"gn_param['eps'] must be >= 0, got {eps}")
+    warn_single_value(x.size // (x.shape[0] * G), "group norm", "C/G*H*W")
     return GroupNormParams(x, gamma, beta, G, eps, shape)
+
+
+def warn_batch_of_one(p):
+    """Batch norm in train mode with one value per feature: see warn_single_value."""
+    if p.mode == "train":
+        warn_single_value(p.x.size // p.x.shape[1], "batch norm",
+                          "N" if p.x.ndim == 2 else "N*H*W", stacklevel=4)
+
+
+def warn_single_value(count, kind, what, stacklevel=3):
+    """Warn when every statistic covers one value: the output is then beta.
+
+    Normalizing a single value gives x - mean = 0, so the layer outputs beta
+    whatever x is, and dx and dgamma are 0: the classic result, kept, but
+    almost always a mistake (a batch of one in train mode).
+    """
+    if count == 1:
+        import warnings
+        warnings.warn(f"{kind} statistics over a single value ({what} = 1): every output "
+                      f"equals beta and the input gradient is 0", RuntimeWarning,
+                      stacklevel=stacklevel)

@@ -12,7 +12,8 @@ import numpy as np
 from ._alloc import empty_reused
 from ._config import threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
-from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, check_out
+from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout, check_out,
+                          warn_batch_of_one)
 # layer normalization lives in its own module; re-exported so this module
 # stays the whole compiled backend
 from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: F401
@@ -207,6 +208,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, out=None):
         For any malformed argument; nothing the caller owns is modified.
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
+    warn_batch_of_one(p)
     return _forward(p, bn_param, out, spatial=False)
 
 
@@ -218,6 +220,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, out=None):
     (NCHW, channels-last or strided) without transposing copies.
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
+    warn_batch_of_one(p)
     return _forward(p, bn_param, out, spatial=True)
 
 

@@ -31,7 +31,7 @@ Conventions
 import numpy as np
 
 from ._validation import (check_batchnorm_args, check_dout, check_groupnorm_args,
-                          check_layernorm_args)
+                          check_layernorm_args, warn_batch_of_one)
 
 
 def _moments(x, axis):
@@ -75,6 +75,12 @@ def batchnorm_forward(x, gamma, beta, bn_param):
         The intermediate values :func:`batchnorm_backward` needs.
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
+    warn_batch_of_one(p)
+    return _batchnorm_forward(p, bn_param)
+
+
+def _batchnorm_forward(p, bn_param):
+    """:func:`batchnorm_forward` on checked arguments ``p`` (a NormParams)."""
     x, gamma, beta = p.x, p.gamma, p.beta
     D = x.shape[1]
     running_mean = p.running_mean if p.running_mean is not None else np.zeros(D, x.dtype)
@@ -221,12 +227,13 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
     Each channel is one feature observed at N*H*W places, so moving the
     channel axis last and flattening gives ordinary (N*H*W, C) batch norm.
     """
-    check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
-    N, C, H, W = x.shape
-    x_rows = x.transpose(0, 2, 3, 1).reshape(-1, C)
-    out_rows, rows_cache = batchnorm_forward(x_rows, gamma, beta, bn_param)
+    p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
+    warn_batch_of_one(p)
+    N, C, H, W = p.x.shape
+    x_rows = p.x.transpose(0, 2, 3, 1).reshape(-1, C)
+    out_rows, rows_cache = _batchnorm_forward(p._replace(x=x_rows), bn_param)
     out = out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)
-    return out, {"kind": "spatial_batchnorm", "x": x, "rows": rows_cache}
+    return out, {"kind": "spatial_batchnorm", "x": p.x, "rows": rows_cache}
 
 
 def spatial_batchnorm_backward(dout, cache):
