@@ -29,8 +29,9 @@ class FullyConnectedNet:
     input_dim : int
         Features per sample (inputs are flattened), 3*32*32 for CIFAR-10.
     num_classes : int
-    dropout : float
-        Probability of *keeping* a hidden unit, in (0, 1]; 1 means no dropout.
+    dropout_keep_ratio : float
+        Probability of *keeping* a hidden unit, in (0, 1]; 1 (the default)
+        means no dropout.  The course's name for it.
     normalization : {None, 'batchnorm', 'layernorm'}
     reg : float
         L2 strength: the loss includes ``0.5 * reg * sum(W**2)`` for every W.
@@ -45,6 +46,9 @@ class FullyConnectedNet:
         before constructing the net for that.)
     use_batchnorm : bool
         Older spelling of ``normalization='batchnorm'``.
+    dropout : float, optional
+        Older spelling of ``dropout_keep_ratio`` (same meaning: the keep
+        probability); giving both is an error.
 
     Notes
     -----
@@ -54,9 +58,12 @@ class FullyConnectedNet:
     the only draws from the global NumPy RNG at construction.
     """
 
-    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout=1,
-                 normalization=None, reg=0.0, weight_scale=1e-2, dtype=np.float32,
-                 seed=None, use_batchnorm=False):
+    def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10,
+                 dropout_keep_ratio=None, normalization=None, reg=0.0, weight_scale=1e-2,
+                 dtype=np.float32, seed=None, use_batchnorm=False, dropout=None):
+        if dropout is not None and dropout_keep_ratio is not None:
+            raise TypeError("pass dropout_keep_ratio or its older name dropout, not both")
+        dropout = next((v for v in (dropout_keep_ratio, dropout) if v is not None), 1)
         if use_batchnorm:
             if normalization not in (None, "batchnorm"):
                 raise ValueError(f"use_batchnorm=True contradicts "
@@ -71,7 +78,8 @@ class FullyConnectedNet:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < dropout <= 1:
-            raise ValueError(f"dropout is the keep probability, in (0, 1]; got {dropout!r}")
+            raise ValueError(f"dropout_keep_ratio is the keep probability, in (0, 1]; "
+                             f"got {dropout!r}")
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")

@@ -66,7 +66,11 @@ class Solver:
     def __init__(self, model, data, update_rule="sgd", optim_config={}, lr_decay=1.0,
                  batch_size=100, num_epochs=10, num_train_samples=1000,
                  num_val_samples=None, checkpoint_name=None, print_every=10,
-                 verbose=True):
+                 verbose=True, **unrecognized):
+        if unrecognized:
+            # the course's Solver takes **kwargs and says this
+            extra = ", ".join(f'"{k}"' for k in unrecognized)
+            raise ValueError(f"Unrecognized arguments {extra}")
         missing = [k for k in ("X_train", "y_train", "X_val", "y_val") if k not in data]
         if missing:
             raise ValueError(f"data is missing {missing}; it needs X_train, y_train, "
