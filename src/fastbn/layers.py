@@ -2,7 +2,9 @@
 
 Every ``*_forward`` returns ``(out, cache)`` and every ``*_backward`` takes
 ``(dout, cache)`` and returns the gradients of its inputs and parameters.
-The normalization layers are the top-level :mod:`fastbn` functions, so
+The normalization layers (batch, spatial batch, layer and group norm, under
+the names the course imports from ``cs231n.layers``) are the top-level
+:mod:`fastbn` functions, so
 ``fastbn.set_backend('numpy')`` moves a whole network onto the NumPy
 reference.  The rest is plain NumPy: those layers are one BLAS call or one
 elementwise pass, and a compiled version would not be faster.
@@ -13,17 +15,23 @@ to ``D = d_1 * ... * d_k`` features.  Results keep the input's dtype.
 import numpy as np
 
 from . import (batchnorm_backward, batchnorm_backward_alt, batchnorm_forward,
-               layernorm_backward, layernorm_forward)
+               layernorm_backward, layernorm_forward, spatial_batchnorm_backward,
+               spatial_batchnorm_forward, spatial_groupnorm_backward,
+               spatial_groupnorm_forward)
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
     "dropout_forward", "dropout_backward", "softmax_loss",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
     "layernorm_forward", "layernorm_backward",
+    "spatial_batchnorm_forward", "spatial_batchnorm_backward",
+    "spatial_groupnorm_forward", "spatial_groupnorm_backward",
     "affine_relu_forward", "affine_relu_backward",
     "affine_bn_relu_forward", "affine_bn_relu_backward",
     "affine_ln_relu_forward", "affine_ln_relu_backward",
     "affine_norm_relu_forward", "affine_norm_relu_backward",
+    "spatial_bn_relu_forward", "spatial_bn_relu_backward",
+    "spatial_gn_relu_forward", "spatial_gn_relu_backward",
 ]
 
 NORMALIZATIONS = (None, "batchnorm", "layernorm")
@@ -243,3 +251,31 @@ def affine_ln_relu_forward(x, w, b, gamma, beta, ln_param):
 def affine_ln_relu_backward(dout, cache):
     """Gradients of :func:`affine_ln_relu_forward`: ``(dx, dw, db, dgamma, dbeta)``."""
     return affine_norm_relu_backward(dout, cache)
+
+
+# -- sandwich layers for convolutional activations: [spatial norm] -> relu ----
+
+def spatial_bn_relu_forward(x, gamma, beta, bn_param):
+    """Spatial batch norm -> ReLU on ``x`` of shape (N, C, H, W).  Returns ``(out, cache)``."""
+    a, norm_cache = spatial_batchnorm_forward(x, gamma, beta, bn_param)
+    out, relu_cache = relu_forward(a)
+    return out, (norm_cache, relu_cache)
+
+
+def spatial_bn_relu_backward(dout, cache):
+    """Gradients of :func:`spatial_bn_relu_forward`: ``(dx, dgamma, dbeta)``."""
+    norm_cache, relu_cache = cache
+    return spatial_batchnorm_backward(relu_backward(dout, relu_cache), norm_cache)
+
+
+def spatial_gn_relu_forward(x, gamma, beta, G, gn_param):
+    """Group norm (G groups) -> ReLU on ``x`` of shape (N, C, H, W).  Returns ``(out, cache)``."""
+    a, norm_cache = spatial_groupnorm_forward(x, gamma, beta, G, gn_param)
+    out, relu_cache = relu_forward(a)
+    return out, (norm_cache, relu_cache)
+
+
+def spatial_gn_relu_backward(dout, cache):
+    """Gradients of :func:`spatial_gn_relu_forward`: ``(dx, dgamma, dbeta)``."""
+    norm_cache, relu_cache = cache
+    return spatial_groupnorm_backward(relu_backward(dout, relu_cache), norm_cache)
