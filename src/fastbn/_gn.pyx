@@ -15,7 +15,6 @@ validates everything before calling in: these functions assume non-empty,
 shape-consistent arguments of one dtype, with G dividing C.
 """
 from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._kernels cimport fastbn_kernel_isa
@@ -153,8 +152,14 @@ def forward(const floating[:, :, :, :] x, const floating[::1] gamma,
 def backward(const floating[:, :, :, :] x, const floating[:, :, :, :] dout,
              const floating[::1] gamma, Py_ssize_t G, const double[::1] mean,
              const double[::1] invstd, floating[:, :, :, :] dx,
-             floating[::1] dgamma, floating[::1] dbeta, int nthreads):
-    """Fused group-norm backward on (N, C, H, W): dx, dgamma and dbeta."""
+             floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] work,
+             int nthreads):
+    """Fused group-norm backward on (N, C, H, W): dx, dgamma and dbeta.
+
+    ``work`` (2, N * C) receives the per-(sample, channel) partial sums of
+    dgamma, then of dbeta, added up per channel at the end (a fixed order:
+    the same bits on any thread count).
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t isz = sizeof(floating), Cg = C // G, b, n, g, k
     cdef fastbn_gn_strides xs = _strides(x.strides, isz), gs = _strides(dout.strides, isz)
@@ -165,11 +170,8 @@ def backward(const floating[:, :, :, :] x, const floating[:, :, :, :] dout,
     cdef bint inner = _channels_inner(xs, C, H, W)
     cdef int failed = 0
     cdef double t1, t2
-    # per (sample, channel): the partial sums of dgamma, then those of dbeta
-    cdef double* part = <double*>malloc(2 * N * C * sizeof(double))
-    if part == NULL:
-        raise MemoryError("fastbn: cannot allocate group-norm partial sums")
-    cdef double* pdb = part + N * C
+    cdef double* part = &work[0, 0]
+    cdef double* pdb = &work[1, 0]
     if _mergeable(xs, H, W) and _mergeable(gs, H, W) and _mergeable(ds, H, W):
         _merge(&xs, H, W)
         _merge(&gs, H, W)
@@ -214,6 +216,5 @@ def backward(const floating[:, :, :, :] x, const floating[:, :, :, :] dout,
                     t2 = t2 + pdb[n * C + k]
                 dgamma[k] = <floating>t1
                 dbeta[k] = <floating>t2
-    free(part)
     if failed:
         raise MemoryError("fastbn: cannot allocate group-norm work memory")

@@ -160,8 +160,11 @@ def spatial_groupnorm_backward(dout, cache, dx=None):
         dx = _empty_like(x)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
-    C = x.shape[1]
+    N, C = x.shape[:2]
     dgamma, dbeta = np.empty(C, x.dtype), np.empty(C, x.dtype)
-    _gn.backward(x, dout, c.gamma, c.G, c.mean, c.invstd, dx, dgamma, dbeta,
+    # from the buffer cache: for large N * C a fresh block would be new,
+    # zero-filled pages on every call
+    work = empty((2, N * C), F64)
+    _gn.backward(x, dout, c.gamma, c.G, c.mean, c.invstd, dx, dgamma, dbeta, work,
                  threads_for(x.size))
     return dx, dgamma.reshape(c.param_shape), dbeta.reshape(c.param_shape)
