@@ -532,3 +532,43 @@ def test_read_only_inputs_work_and_are_never_written(backend, dtype):
     for a, b in zip((args["x"], args["gamma"], args["beta"], dout), before):
         np.testing.assert_array_equal(a, b)
     assert out.dtype == dtype
+
+
+# -- misaligned arrays: inputs read through aligned copies, outputs refused --------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["packed_field", "odd_offset"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("arg", ["x", "gamma", "beta", "dout"])
+def test_unaligned_input_is_read_correctly(backend, kind, dtype, arg):
+    from test_unaligned import unaligned
+    rng = np.random.default_rng(5)
+    x, gamma, beta, dout = make_gn_case(rng, (3, 8, 5, 7), dtype, offset=3.0)
+    args = {"x": x, "gamma": gamma, "beta": beta, "dout": dout}
+    with fastbn.backend(backend):
+        out, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, 4, {})
+        want = (out, *fastbn.spatial_groupnorm_backward(dout, cache))
+        args[arg] = unaligned(args[arg], kind)
+        out, cache = fastbn.spatial_groupnorm_forward(args["x"], args["gamma"], args["beta"],
+                                                      4, {})
+        got = (out, *fastbn.spatial_groupnorm_backward(args["dout"], cache))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["packed_field", "odd_offset"])
+@pytest.mark.parametrize("which", ["out", "dx"])
+def test_unaligned_buffer_is_refused(backend, kind, which):
+    from test_unaligned import unaligned
+    args, dout = _valid()
+    buf = unaligned(np.full(args["x"].shape, 7.0), kind)
+    with fastbn.backend(backend):
+        if which == "out":
+            call = lambda: _gn(args, out=buf)      # noqa: E731
+            owned = [args["x"], args["param"], buf]
+        else:
+            cache = _gn(args)[1]
+            call = lambda: fastbn.spatial_groupnorm_backward(dout, cache, dx=buf)   # noqa: E731
+            owned = [args["x"], dout, cache, buf]
+        assert_raises_and_nothing_changed(ValueError, which, call, *owned)
