@@ -11,6 +11,9 @@ every rank checks the *whole* result against single-process batch norm on
 the concatenated batch.  All ranks therefore pass or fail together, and a
 failing check cannot leave the other ranks waiting in a collective.
 """
+import faulthandler
+import sys
+
 import numpy as np
 import pytest
 
@@ -230,36 +233,42 @@ def test_data_parallel_net_gradients_equal_single_process(normalization, reg):
 
 
 class _CountingComm:
-    """A communicator proxy that records every Allreduce."""
+    """A communicator proxy that records every Allgather and Allreduce (bytes sent)."""
 
     def __init__(self, comm):
         self.comm, self.calls = comm, []
+
+    def Allgather(self, sendbuf, recvbuf):
+        self.calls.append(("Allgather", sendbuf.nbytes))
+        return self.comm.Allgather(sendbuf, recvbuf)
 
     def Allreduce(self, sendbuf, recvbuf, op):
         buf = recvbuf[0] if isinstance(recvbuf, list) else recvbuf
         dtype = recvbuf[2] if isinstance(recvbuf, list) else MPI.DOUBLE
         count = recvbuf[1] if isinstance(recvbuf, list) else buf.size
-        self.calls.append(count * dtype.Get_size())
+        self.calls.append(("Allreduce", count * dtype.Get_size()))
         return self.comm.Allreduce(sendbuf, recvbuf, op=op)
 
-    def Get_size(self):
-        return self.comm.Get_size()
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
 
 
 @pytest.mark.parametrize("ndim", [2, 4])
-def test_one_allreduce_of_2d_plus_1_forward_and_2d_backward(ndim):
+def test_one_agreement_and_one_allreduce_per_call(ndim):
+    """Forward: a 56-byte agreement, then 2*D + 1 doubles; backward: 56, then 2*D."""
     sfwd, sbwd = _fns(ndim)[:2]
     shape = SHAPES[ndim]
     D = shape[1]
     x, gamma, beta, dout = make_case(np.random.default_rng(0), shape, np.float32)
     comm = _CountingComm(COMM)
+    agree = ("Allgather", len(dist._FIELDS) * 8)
     out, cache = sfwd(x, gamma, beta, {"mode": "train"}, comm=comm)
-    assert comm.calls == [(2 * D + 1) * 8]
+    assert comm.calls == [agree, ("Allreduce", (2 * D + 1) * 8)]
     sbwd(dout, cache)
-    assert comm.calls == [(2 * D + 1) * 8, 2 * D * 8]
+    assert comm.calls[2:] == [agree, ("Allreduce", 2 * D * 8)]
     assert dist.bytes_per_call(D) == ((2 * D + 1) * 8, 2 * D * 8)
-    sfwd(x, gamma, beta, {"mode": "test"}, comm=comm)      # test mode: no traffic
-    assert len(comm.calls) == 2
+    sfwd(x, gamma, beta, {"mode": "test"}, comm=comm)      # test mode: the agreement only
+    assert comm.calls[4:] == [agree]
 
 
 def test_empty_global_batch_raises_on_every_rank_and_changes_nothing():
@@ -294,3 +303,186 @@ def test_argument_errors_match_the_single_process_api():
     with pytest.raises(TypeError, match="sync_spatial_batchnorm_forward"):
         dist.sync_spatial_batchnorm_backward(x, cache)
     assert COMM.allreduce(1) == SIZE
+
+
+# --- ranks that disagree ------------------------------------------------------
+# Each case below is launched on its own by tests/test_distributed.py (``-k``),
+# under a subprocess timeout; the watchdog ends a rank that waits longer than
+# FAULT_WATCHDOG seconds, with its traceback, so mpirun ends the job and the
+# case fails instead of hanging.
+FAULT_WATCHDOG = 60
+
+
+@pytest.fixture
+def watchdog():
+    if SIZE < 2:
+        pytest.skip("needs at least two ranks that can disagree")
+    faulthandler.dump_traceback_later(FAULT_WATCHDOG, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _raised_alike(info, kind):
+    """Every rank raised ``kind`` with the same message; the communicator still works."""
+    assert info.type is kind, f"rank {RANK} raised {info.type.__name__}: {info.value}"
+    messages = COMM.allgather(str(info.value))
+    assert all(m == messages[0] for m in messages), messages
+    assert COMM.allreduce(1) == SIZE
+    return messages[0]
+
+
+def _last_differs(value, other):
+    return other if RANK == SIZE - 1 else value
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_fault_forward_features_differ(watchdog, ndim):
+    """D = 8, 9, 10, ... on ranks 0, 1, 2, ...: nobody reduces, all say who has which D."""
+    sfwd = _fns(ndim)[0]
+    D = 8 + RANK
+    shape = (5, D) if ndim == 2 else (2, D, 3, 2)
+    x = 5.0 + np.random.default_rng(RANK).standard_normal(shape)
+    rm = np.zeros(D)
+    bn = {"mode": "train", "running_mean": rm}
+    with pytest.raises(Exception) as info:
+        sfwd(x, np.ones(D), np.zeros(D), bn)
+    msg = _raised_alike(info, dist.RankMismatchError)
+    for r in range(SIZE):
+        assert f"{8 + r} on rank {r}" in msg, msg
+    assert info.value.differing["D"] == {8 + r: [r] for r in range(SIZE)}
+    assert bn["running_mean"] is rm and "running_var" not in bn
+
+
+@pytest.mark.parametrize("ndim", [2, 4])
+def test_fault_backward_cache_features_differ(watchdog, ndim):
+    """The last rank hands backward the cache of another (agreed) forward with D = 9."""
+    sfwd, sbwd = _fns(ndim)[:2]
+    rng = np.random.default_rng(RANK)
+    caches = {}
+    for D in (8, 9):
+        shape = (4, D) if ndim == 2 else (2, D, 2, 3)
+        x = rng.standard_normal(shape)
+        caches[D] = sfwd(x, np.ones(D), np.zeros(D), {"mode": "train"})[1], shape
+    cache, shape = caches[_last_differs(8, 9)]
+    with pytest.raises(Exception) as info:
+        sbwd(rng.standard_normal(shape), cache)
+    msg = _raised_alike(info, dist.RankMismatchError)
+    last = "rank 1" if SIZE == 2 else f"rank {SIZE - 1}"
+    assert f"9 on {last}" in msg and "8 on rank" in msg and "sync_" in msg, msg
+
+
+@pytest.mark.parametrize("where", ["gamma", "dout"])
+def test_fault_invalid_argument_on_one_rank(watchdog, where):
+    """Rank 1 alone passes float32 gamma (forward) or a short dout (backward)."""
+    rng = np.random.default_rng(RANK)
+    x = rng.standard_normal((6, 4))
+    gamma = np.ones(4, np.float32 if (RANK == 1 and where == "gamma") else np.float64)
+    rm = np.zeros(4)
+    bn = {"mode": "train", "running_mean": rm}
+    if where == "gamma":
+        with pytest.raises(Exception) as info:
+            dist.sync_batchnorm_forward(x, gamma, np.zeros(4), bn)
+        msg = _raised_alike(info, TypeError)
+        assert "rank 1" in msg and "gamma has dtype float32" in msg, msg
+        assert bn["running_mean"] is rm and "running_var" not in bn
+    else:
+        _, cache = dist.sync_batchnorm_forward(x, gamma, np.zeros(4), bn)
+        dout = rng.standard_normal((5 if RANK == 1 else 6, 4))
+        with pytest.raises(Exception) as info:
+            dist.sync_batchnorm_backward(dout, cache)
+        msg = _raised_alike(info, ValueError)
+        assert "rank 1" in msg and "dout has shape (5, 4)" in msg, msg
+    if RANK == 1:
+        assert info.value.__cause__ is not None      # the local error, chained
+    for r in range(SIZE):
+        if r != 1:
+            assert f"rank {r}:" not in msg, msg      # only the failing rank is named
+
+
+def test_fault_invalid_arguments_on_two_ranks_report_both(watchdog):
+    if SIZE < 3:
+        pytest.skip("needs three ranks")
+    x = np.ones((4, 3))
+    gamma = np.ones(3, np.float32) if RANK == 1 else np.ones(3)
+    beta = np.zeros(2) if RANK == 2 else np.zeros(3)
+    with pytest.raises(Exception) as info:
+        dist.sync_batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    msg = _raised_alike(info, TypeError)      # the type of the lowest failing rank
+    assert "rank 1: TypeError: gamma has dtype float32" in msg, msg
+    assert "rank 2: ValueError: beta must have shape" in msg, msg
+
+
+def test_fault_dtype_differs_across_ranks(watchdog):
+    """Each rank's arguments are valid alone; the last rank runs in float32."""
+    dtype = _last_differs(np.float64, np.float32)
+    x = np.random.default_rng(RANK).standard_normal((5, 3)).astype(dtype)
+    with pytest.raises(Exception) as info:
+        dist.sync_batchnorm_forward(x, np.ones(3, dtype), np.zeros(3, dtype),
+                                    {"mode": "train"})
+    msg = _raised_alike(info, dist.RankMismatchError)
+    assert f"float32 on rank {SIZE - 1}" in msg and "float64 on rank" in msg, msg
+
+
+@pytest.mark.parametrize("key,value,other", [("mode", "train", "test"),
+                                             ("mode", "test", "train"),
+                                             ("eps", 1e-5, 1e-3),
+                                             ("momentum", 0.9, 0.5)])
+def test_fault_bn_param_differs(watchdog, key, value, other):
+    """One rank in another mode (or eps, momentum): the train ranks would wait forever."""
+    bn = {"mode": "train", "running_mean": np.zeros(3), "running_var": np.ones(3)}
+    bn[key] = _last_differs(value, other)
+    rm = bn["running_mean"]
+    x = np.random.default_rng(RANK).standard_normal((4, 3))
+    with pytest.raises(Exception) as info:
+        dist.sync_batchnorm_forward(x, np.ones(3), np.zeros(3), bn)
+    msg = _raised_alike(info, dist.RankMismatchError)
+    assert f"{key}: " in msg and f"{other!r} on rank {SIZE - 1}" in msg, msg
+    assert bn["running_mean"] is rm
+
+
+def test_fault_forward_on_some_ranks_backward_on_others(watchdog):
+    x = np.random.default_rng(RANK).standard_normal((4, 3))
+    _, cache = dist.sync_batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    with pytest.raises(Exception) as info:
+        if RANK == 0:
+            dist.sync_batchnorm_backward(np.ones_like(x), cache)
+        else:
+            dist.sync_batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    msg = _raised_alike(info, dist.RankMismatchError)
+    assert "sync_batchnorm_backward on rank 0" in msg, msg
+    assert "sync_batchnorm_forward on rank" in msg, msg
+
+
+# --- uncaught errors: run as a script, ``mpirun -n K python mpi_cases.py CASE`` ---
+
+class _FailingAllreduce:
+    """A communicator whose Allreduce fails on rank 1 (as a broken link would)."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+    def Allreduce(self, *args, **kwargs):
+        if self.comm.Get_rank() == 1:
+            raise MPI.Exception(MPI.ERR_OTHER)
+        return self.comm.Allreduce(*args, **kwargs)
+
+
+def _script(case):
+    x = np.random.default_rng(RANK).standard_normal((4, 8 + RANK))
+    if case == "features-differ":          # every rank raises; nobody catches
+        D = x.shape[1]
+        dist.sync_batchnorm_forward(x, np.ones(D), np.zeros(D), {"mode": "train"})
+    elif case == "allreduce-fails":        # an error inside the reduction itself
+        x = x[:, :8]
+        dist.sync_batchnorm_forward(x, np.ones(8), np.zeros(8), {"mode": "train"},
+                                    comm=_FailingAllreduce(COMM))
+    else:
+        raise SystemExit(f"unknown case {case!r}")
+    print(f"rank {RANK}: returned", flush=True)
+
+
+if __name__ == "__main__":
+    _script(sys.argv[1])

@@ -52,18 +52,17 @@ def mpi_env():
     return env
 
 
-@needs_mpi
-@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
-def test_sync_batchnorm_under_mpirun(nprocs):
+def run_cases(nprocs, select, timeout):
+    """``mpirun -n nprocs python -m pytest mpi_cases.py -k select``; asserts all passed."""
     cmd = mpirun_command(nprocs) + [
         sys.executable, "-m", "pytest", "-q", "--color=no", "-p", "no:cacheprovider",
-        "-o", "addopts=", str(HERE / "mpi_cases.py")]
+        "-o", "addopts=", "-k", select, str(HERE / "mpi_cases.py")]
     try:
         proc = subprocess.run(cmd, cwd=HERE.parent, env=mpi_env(), capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"mpirun -n {nprocs} timed out (a rank waiting in a collective?)\n"
-                    f"{exc.stdout or ''}\n{exc.stderr or ''}")
+        pytest.fail(f"mpirun -n {nprocs} timed out after {timeout} s (a rank waiting in a "
+                    f"collective?)\n{exc.stdout or ''}\n{exc.stderr or ''}")
     report = f"$ {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, report
     # Every rank ran the cases and none was skipped (a skip would hide a broken
@@ -71,6 +70,57 @@ def test_sync_batchnorm_under_mpirun(nprocs):
     summaries = re.findall(r"(\d+) passed", proc.stdout)
     assert len(summaries) == nprocs and len(set(summaries)) == 1, report
     assert not re.search(r"\d+ (failed|skipped|errors?|xfailed)", proc.stdout), report
+
+
+@needs_mpi
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_sync_batchnorm_under_mpirun(nprocs):
+    run_cases(nprocs, "not fault", timeout=300)
+
+
+# Ranks that disagree (features, dtype, mode, call) or fail validation alone:
+# every case on its own mpirun, so a regression that hangs fails that case
+# (rank watchdog after mpi_cases.FAULT_WATCHDOG s, then the subprocess timeout).
+FAULT_CASES = [
+    ("test_fault_forward_features_differ", 3),
+    ("test_fault_forward_features_differ", 4),
+    ("test_fault_backward_cache_features_differ", 2),
+    ("test_fault_backward_cache_features_differ", 3),
+    ("test_fault_invalid_argument_on_one_rank", 2),
+    ("test_fault_invalid_argument_on_one_rank", 4),
+    ("test_fault_invalid_arguments_on_two_ranks_report_both", 3),
+    ("test_fault_dtype_differs_across_ranks", 3),
+    ("test_fault_bn_param_differs", 3),
+    ("test_fault_forward_on_some_ranks_backward_on_others", 2),
+]
+
+
+@needs_mpi
+@pytest.mark.parametrize("case,nprocs", FAULT_CASES)
+def test_disagreeing_ranks_raise_together(case, nprocs):
+    run_cases(nprocs, case, timeout=150)
+
+
+@needs_mpi
+@pytest.mark.parametrize("case,launcher,expect", [
+    # fastbn's own error is raised on every rank: the job ends without help
+    ("features-differ", [], "RankMismatchError"),
+    ("features-differ", ["-m", "mpi4py"], "RankMismatchError"),
+    # an error inside the all-reduce itself: fastbn aborts the job
+    ("allreduce-fails", [], "MPI_ABORT"),
+])
+def test_uncaught_error_ends_the_job(case, launcher, expect):
+    cmd = mpirun_command(3) + [sys.executable, *launcher, str(HERE / "mpi_cases.py"), case]
+    try:
+        proc = subprocess.run(cmd, cwd=HERE.parent, env=mpi_env(), capture_output=True,
+                              text=True, timeout=150)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the job hung: {exc.stdout or ''}\n{exc.stderr or ''}")
+    report = f"$ {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode != 0, report
+    assert "returned" not in proc.stdout, report
+    assert expect in proc.stdout + proc.stderr, report
+
 
 @needs_mpi
 @pytest.mark.parametrize("nprocs,extra", [
