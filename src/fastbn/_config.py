@@ -14,7 +14,7 @@ their full thread count.
 """
 import os
 
-from . import _threads
+from . import _cpus, _threads
 
 # Waking an OpenMP team costs ~10 us on a quiet machine and far more on a busy
 # one (a thread that is descheduled stalls the barrier), while a 100x500 batch
@@ -90,10 +90,13 @@ def get_num_threads():
 
 
 def threads_for(size):
-    """Threads for a kernel touching ``size`` elements."""
+    """Threads for a kernel touching ``size`` elements: never more than the
+    CPUs other processes leave free (:func:`fastbn._cpus.free_cpus`), since a
+    team waits for a member whose CPU is busy on every call."""
     if size < SERIAL_BELOW or _forked:
         return 1
-    return max(1, min(get_num_threads(), size // MIN_PER_THREAD))
+    n = min(get_num_threads(), size // MIN_PER_THREAD)
+    return min(n, _cpus.free_cpus()) if n > 1 else 1
 
 
 def openmp_enabled():

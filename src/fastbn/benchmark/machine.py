@@ -27,12 +27,9 @@ def kernel_build():
 
 def machine():
     """A short description of the machine, JSON-ready."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:              # not on macOS / Windows
-        available = os.cpu_count()
+    from .._cpus import available_cpus
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
-            "available_cpus": available, "python": platform.python_version(),
+            "available_cpus": available_cpus(), "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform()}
 
 
