@@ -214,15 +214,17 @@ def test_sweep_heat_map_and_markdown(tmp_path, monkeypatch):
 
 
 def test_bench_cases_of_every_kind_in_process(tmp_path):
-    # layer norm, channels-last, F-order and a 1-thread case through the same runner
+    # layer norm, channels-last, F-order, a 1-thread case and group norm through one runner
     from fastbn.benchmark import Case, run_benchmark
     from fastbn.benchmark.report import format_table
     cs = [Case("ln", (6, 5)), Case("nhwc", (2, 3, 4, 5)), Case("ln", (6, 5), order="F"),
-          Case("bn", (4, 3), "float64", threads=1)]
+          Case("bn", (4, 3), "float64", threads=1), Case("gn", (2, 4, 3, 3), groups=2)]
     r = run_benchmark(cs, threads=1, repeat=1, torch=None, isolate=False)
     assert [(x["kind"], x["direction"]) for x in r["results"]] == \
         [(c.kind, d) for c in cs for d in ("forward", "backward")]
     table = format_table(r)
     assert "LN (6, 5)" in table and "(2, 3, 4, 5) NHWC" in table and "F-order" in table
-    assert "(4, 3) 1 thread" in table
+    assert "(4, 3) 1 thread" in table and "GN G=2 (2, 4, 3, 3)" in table
+    for row in r["results"]:
+        assert {"fastbn", "reference", "stream"} <= set(row["ms"])
 
