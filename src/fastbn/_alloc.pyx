@@ -219,18 +219,46 @@ def set_buffer_cache(nbytes):
         The default is 256 MiB, or the ``FASTBN_BUFFER_CACHE`` environment
         variable (a byte count) read at import.
 
+    Raises
+    ------
+    TypeError
+        If ``nbytes`` is not an integer.
+    ValueError
+        If ``nbytes`` is negative.
+
     Notes
     -----
     Only outputs of at least 1 MiB that fastbn allocates itself (no ``out=``
     / ``dx=``) are cached, and only once the caller has dropped every
     reference to them; at most 16 blocks are kept, oldest evicted first.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.set_buffer_cache(64 << 20)    # keep up to 64 MiB
+    >>> fastbn.buffer_cache_info()["limit"]
+    67108864
+    >>> fastbn.set_buffer_cache(256 << 20)
     """
     # with the GIL: evicted blocks go back through NumPy's default handler
     fastbn_cache_set_limit(_parse_limit(nbytes, "nbytes"))
 
 
 def buffer_cache_info():
-    """``dict`` with the cache's ``limit``, ``bytes`` and ``blocks`` held, ``hits``, ``misses``."""
+    """The state of the buffer cache of freed outputs.
+
+    Returns
+    -------
+    dict
+        ``limit`` (bytes), ``bytes`` and ``blocks`` held now, and the
+        ``hits`` and ``misses`` of output allocations so far.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> sorted(fastbn.buffer_cache_info())
+    ['blocks', 'bytes', 'hits', 'limit', 'misses']
+    """
     fastbn_lock()
     info = {"limit": fastbn_limit, "bytes": fastbn_cached_bytes, "blocks": fastbn_nblocks,
             "hits": fastbn_hits, "misses": fastbn_misses}

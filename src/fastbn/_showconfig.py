@@ -114,6 +114,18 @@ def show_config(mode: str = "stdout") -> "dict | None":
     -------
     dict or None
         The report when ``mode='dicts'``, else None.
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is not ``'stdout'`` or ``'dicts'``.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> cfg = fastbn.show_config("dicts")
+    >>> cfg["build"]["kernels"] in ("baseline", "avx2", "avx512")
+    True
     """
     if mode not in ("stdout", "dicts"):
         raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")

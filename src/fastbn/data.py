@@ -50,6 +50,13 @@ def load_CIFAR_batch(filename):
     -----
     The official files are Python pickles, and unpickling runs code chosen
     by whoever wrote the file: only read files from a source you trust.
+
+    Examples
+    --------
+    >>> from fastbn.data import load_CIFAR_batch
+    >>> X, y = load_CIFAR_batch("cifar-10-batches-py/data_batch_1")  # doctest: +SKIP
+    >>> X.shape, X.dtype, y.shape  # doctest: +SKIP
+    ((10000, 3, 32, 32), dtype('uint8'), (10000,))
     """
     filename = os.fspath(filename)
     if not os.path.isfile(filename):
@@ -82,9 +89,28 @@ def load_CIFAR_batch(filename):
 def load_CIFAR10(root):
     """Read all of ``cifar-10-batches-py``.
 
+    Parameters
+    ----------
+    root : str or path
+        The extracted ``cifar-10-batches-py`` directory (``data_batch_1`` to
+        ``data_batch_5`` and ``test_batch``).
+
     Returns
     -------
     X_train : uint8 (50000, 3, 32, 32), y_train, X_test : uint8 (10000, 3, 32, 32), y_test
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a missing directory or file, or a file that is not a CIFAR-10
+        batch; the message names the path.
+
+    Examples
+    --------
+    >>> from fastbn.data import load_CIFAR10
+    >>> X_train, y_train, X_test, y_test = load_CIFAR10("cifar-10-batches-py")  # doctest: +SKIP
+    >>> X_train.shape, X_test.shape  # doctest: +SKIP
+    ((50000, 3, 32, 32), (10000, 3, 32, 32))
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -149,6 +175,13 @@ def get_CIFAR10_data(cifar10_dir, num_training=49000, num_validation=1000, num_t
     FileNotFoundError, ValueError
         For a missing or malformed directory (the message names the path)
         or sample counts larger than the data.
+
+    Examples
+    --------
+    >>> from fastbn.data import get_CIFAR10_data
+    >>> data = get_CIFAR10_data("cifar-10-batches-py", num_training=5000)  # doctest: +SKIP
+    >>> data["X_train"].shape, data["X_val"].shape  # doctest: +SKIP
+    ((5000, 3, 32, 32), (1000, 3, 32, 32))
     """
     X_train, y_train, X_test, y_test = load_CIFAR10(cifar10_dir)
     _check_counts(num_training=num_training, num_validation=num_validation,
@@ -187,6 +220,20 @@ def load_digits_data(num_training=1000, num_validation=400, num_test=397, subtra
     data : dict
         ``X_train``, ``X_val``, ``X_test`` float32 of shape (N, 1, 8, 8);
         ``y_*`` int64 in 0..9.
+
+    Raises
+    ------
+    ImportError
+        When scikit-learn is not installed (the message says how to install it).
+    ValueError
+        For split sizes that are negative or add up to more than 1797.
+
+    Examples
+    --------
+    >>> from fastbn.data import load_digits_data
+    >>> data = load_digits_data()
+    >>> data["X_train"].shape, data["X_train"].dtype, data["y_val"].shape
+    ((1000, 1, 8, 8), dtype('float32'), (400,))
     """
     try:
         from sklearn.datasets import load_digits
@@ -210,5 +257,27 @@ def load_digits_data(num_training=1000, num_validation=400, num_test=397, subtra
 
 
 def get_default_data(**kwargs):
-    """The data the experiments use by default: :func:`load_digits_data`."""
+    """The data the experiments use by default: :func:`load_digits_data`.
+
+    Parameters
+    ----------
+    **kwargs
+        Passed on to :func:`load_digits_data`.
+
+    Returns
+    -------
+    data : dict
+        ``X_train``, ``y_train``, ``X_val``, ``y_val``, ``X_test``, ``y_test``.
+
+    Raises
+    ------
+    ImportError, ValueError
+        As :func:`load_digits_data`.
+
+    Examples
+    --------
+    >>> from fastbn.data import get_default_data
+    >>> sorted(get_default_data())
+    ['X_test', 'X_train', 'X_val', 'y_test', 'y_train', 'y_val']
+    """
     return load_digits_data(**kwargs)

@@ -34,7 +34,22 @@ WORKER_ENV = "FASTBN_DATA_PARALLEL_WORKER"
 
 
 def rank_and_size(comm=None):
-    """(rank, size) of ``comm`` (MPI.COMM_WORLD by default)."""
+    """(rank, size) of ``comm`` (MPI.COMM_WORLD by default).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+
+    Returns
+    -------
+    rank, size : int
+
+    Examples
+    --------
+    >>> from fastbn.data_parallel import rank_and_size
+    >>> rank_and_size()  # doctest: +SKIP
+    (0, 1)
+    """
     from mpi4py import MPI
     comm = MPI.COMM_WORLD if comm is None else comm
     return comm.Get_rank(), comm.Get_size()
@@ -58,11 +73,34 @@ class DataParallelNet:
     comm : mpi4py.MPI.Comm, optional
         ``MPI.COMM_WORLD`` by default.
 
+    Raises
+    ------
+    ImportError
+        Without mpi4py.
+    TypeError, ValueError
+        For a model that is not a :class:`~fastbn.models.FullyConnectedNet`,
+        or one with layer norm or dropout.
+
     Notes
     -----
     ``params`` is the wrapped model's dict, so a Solver's updates reach the
     model.  ``loss(X)`` without labels (test mode) scores ``X`` locally: the
     running statistics are the same on every process, so the scores are.
+
+    Examples
+    --------
+    Under ``mpirun -n K``, with the same seed on every process:
+
+    >>> import numpy as np
+    >>> from fastbn.data import get_default_data
+    >>> from fastbn.data_parallel import DataParallelNet
+    >>> from fastbn.models import FullyConnectedNet
+    >>> from fastbn.solver import Solver
+    >>> np.random.seed(231)
+    >>> net = FullyConnectedNet([100] * 5, input_dim=64, normalization="batchnorm")
+    >>> solver = Solver(DataParallelNet(net), get_default_data(), update_rule="adam",
+    ...                 verbose=False)  # doctest: +SKIP
+    >>> solver.train()  # doctest: +SKIP
     """
 
     def __init__(self, model, comm=None):
@@ -176,6 +214,29 @@ def launch(nprocs, fastbn_argv):
 
     Each process gets ``cpu_count // nprocs`` kernel threads (at least 1) and
     ``FASTBN_DATA_PARALLEL_WORKER=1`` so the command knows it is a worker.
+
+    Parameters
+    ----------
+    nprocs : int
+        Number of MPI processes.
+    fastbn_argv : list of str
+        The ``fastbn`` command line each process runs.
+
+    Returns
+    -------
+    int
+        ``mpirun``'s exit status.
+
+    Raises
+    ------
+    RuntimeError
+        When mpi4py or ``mpirun`` is missing (the message says what to install).
+
+    Examples
+    --------
+    >>> from fastbn.data_parallel import launch
+    >>> launch(2, ["experiment", "depth", "--out", "out", "--ranks", "2"])  # doctest: +SKIP
+    0
     """
     threads = str(max(1, (os.cpu_count() or 1) // nprocs))
     env = dict(os.environ, OMP_NUM_THREADS=threads, FASTBN_NUM_THREADS=threads)

@@ -50,6 +50,15 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
     Returns
     -------
     grad : ndarray, shape of x
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.gradient_check import eval_numerical_gradient
+    >>> grad = eval_numerical_gradient(lambda x: np.sum(x ** 2), np.array([1.0, 2.0]),
+    ...                                verbose=False)
+    >>> np.allclose(grad, [2.0, 4.0])
+    True
     """
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
@@ -78,6 +87,20 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
     Returns
     -------
     grad : ndarray, shape of x
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> from fastbn.gradient_check import eval_numerical_gradient_array, rel_error
+    >>> rng = np.random.default_rng(0)
+    >>> x, dout = rng.standard_normal((10, 4)), rng.standard_normal((10, 4))
+    >>> g, b, p = np.ones(4), np.zeros(4), {"mode": "train"}
+    >>> fx = lambda x: fastbn.batchnorm_forward(x, g, b, dict(p))[0]
+    >>> dx_num = eval_numerical_gradient_array(fx, x, dout)
+    >>> _, cache = fastbn.batchnorm_forward(x, g, b, dict(p))
+    >>> rel_error(dx_num, fastbn.batchnorm_backward(dout, cache)[0]) < 1e-7
+    True
     """
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
@@ -92,10 +115,36 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
 def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
     """Compare ``analytic_grad`` with centered differences at random coordinates.
 
+    Parameters
+    ----------
+    f : callable
+        Takes ``x`` (perturbed in place, then restored) and returns a scalar.
+    x : ndarray
+    analytic_grad : ndarray, shape of x
+        The gradient to check.
+    num_checks : int
+        Coordinates to sample.
+    h : float
+        Step of the centered difference.
+    seed : int, optional
+        Seed of the coordinate choice.
+
     Returns
     -------
     errors : list of float
         Relative error at each sampled coordinate (also printed).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.gradient_check import grad_check_sparse
+    >>> x = np.array([1.0, 2.0, 3.0])
+    >>> errors = grad_check_sparse(lambda x: np.sum(x ** 2), x, 2 * x, num_checks=2,
+    ...                            seed=0)  # doctest: +ELLIPSIS
+    numerical: 6.000000 analytic: 6.000000, relative error: ...
+    numerical: 4.000000 analytic: 4.000000, relative error: ...
+    >>> max(errors) < 1e-8
+    True
     """
     rng = np.random.default_rng(seed)
     errors = []
@@ -111,6 +160,22 @@ def grad_check_sparse(f, x, analytic_grad, num_checks=10, h=1e-5, seed=None):
 
 
 def rel_error(x, y):
-    """Largest elementwise relative error ``|x - y| / max(1e-8, |x| + |y|)``."""
+    """Largest elementwise relative error ``|x - y| / max(1e-8, |x| + |y|)``.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Arrays of the same shape (or broadcastable).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from fastbn.gradient_check import rel_error
+    >>> round(rel_error([1.0, 2.0], [1.0, 2.0 + 4e-6]), 9)
+    1e-06
+    """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))

@@ -51,6 +51,20 @@ def affine_forward(x, w, b):
     out : ndarray, shape (N, M)
     cache : tuple
         ``(x, w, b)``.
+
+    Raises
+    ------
+    ValueError
+        When ``w``'s first dimension is not the number of features per sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_forward
+    >>> out, cache = affine_forward(np.ones((2, 3, 4)), np.ones((12, 5)), np.zeros(5))
+    >>> out
+    array([[12., 12., 12., 12., 12.],
+           [12., 12., 12., 12., 12.]])
     """
     x2 = x.reshape(x.shape[0], -1)
     if x2.shape[1] != w.shape[0]:
@@ -63,11 +77,27 @@ def affine_forward(x, w, b):
 def affine_backward(dout, cache):
     """Gradients of :func:`affine_forward`.
 
+    Parameters
+    ----------
+    dout : ndarray, shape (N, M)
+        Upstream gradient.
+    cache : tuple
+        From :func:`affine_forward`.
+
     Returns
     -------
     dx : ndarray, shape of x
     dw : ndarray, shape (D, M)
     db : ndarray, shape (M,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_backward, affine_forward
+    >>> out, cache = affine_forward(np.ones((2, 3)), np.ones((3, 4)), np.zeros(4))
+    >>> dx, dw, db = affine_backward(np.ones_like(out), cache)
+    >>> dx.shape, dw.shape, db
+    ((2, 3), (3, 4), array([2., 2., 2., 2.]))
     """
     x, w, _ = cache
     dx = (dout @ w.T).reshape(x.shape)
@@ -77,12 +107,50 @@ def affine_backward(dout, cache):
 
 
 def relu_forward(x):
-    """Rectified linear unit ``max(0, x)``; the cache is ``x``."""
+    """Rectified linear unit ``max(0, x)``; the cache is ``x``.
+
+    Parameters
+    ----------
+    x : ndarray
+
+    Returns
+    -------
+    out : ndarray, shape and dtype of x
+    cache : ndarray
+        ``x``, for :func:`relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import relu_forward
+    >>> relu_forward(np.array([-1.0, 0.5]))[0]
+    array([0. , 0.5])
+    """
     return np.maximum(x, 0), x
 
 
 def relu_backward(dout, cache):
-    """Gradient of :func:`relu_forward`: ``dout`` where ``x > 0``, else 0."""
+    """Gradient of :func:`relu_forward`: ``dout`` where ``x > 0``, else 0.
+
+    Parameters
+    ----------
+    dout : ndarray
+        Upstream gradient, shape of the forward input.
+    cache : ndarray
+        From :func:`relu_forward`.
+
+    Returns
+    -------
+    dx : ndarray, dtype of dout
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import relu_backward, relu_forward
+    >>> out, cache = relu_forward(np.array([-1.0, 0.5]))
+    >>> relu_backward(np.array([3.0, 3.0]), cache)
+    array([0., 3.])
+    """
     x = cache
     return np.where(x > 0, dout, 0).astype(dout.dtype, copy=False)
 
@@ -108,6 +176,19 @@ def dropout_forward(x, dropout_param):
         ``x`` in test mode.
     cache : tuple
         ``(dropout_param, mask)``.
+
+    Raises
+    ------
+    ValueError
+        For ``p`` outside (0, 1] or a ``mode`` other than ``'train'``/``'test'``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import dropout_forward
+    >>> out, cache = dropout_forward(np.ones((1000, 10)), {"p": 0.5, "mode": "train", "seed": 0})
+    >>> sorted(np.unique(out).tolist())           # dropped, or kept and scaled by 1/p
+    [0.0, 2.0]
     """
     p, mode = dropout_param["p"], dropout_param["mode"]
     if not 0 < p <= 1:
@@ -125,7 +206,28 @@ def dropout_forward(x, dropout_param):
 
 
 def dropout_backward(dout, cache):
-    """Gradient of :func:`dropout_forward`."""
+    """Gradient of :func:`dropout_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray
+        Upstream gradient, shape of the forward input.
+    cache : tuple
+        From :func:`dropout_forward`.
+
+    Returns
+    -------
+    dx : ndarray
+        ``dout`` through the same mask (unchanged in test mode).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import dropout_backward, dropout_forward
+    >>> out, cache = dropout_forward(np.ones(8), {"p": 0.5, "mode": "train", "seed": 0})
+    >>> bool(np.array_equal(dropout_backward(np.ones(8), cache), out))
+    True
+    """
     dropout_param, mask = cache
     if dropout_param["mode"] == "test":
         return dout
@@ -146,6 +248,19 @@ def softmax_loss(x, y):
     -------
     loss : float
     dx : ndarray, shape (N, C), dtype of x
+
+    Raises
+    ------
+    ValueError
+        When ``y`` does not have shape (N,) or holds labels outside [0, C).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import softmax_loss
+    >>> loss, dx = softmax_loss(np.zeros((4, 10)), np.array([0, 1, 2, 3]))
+    >>> round(loss, 4)                    # ln 10: uniform scores
+    2.3026
     """
     y = np.asarray(y)
     N, C = x.shape
@@ -168,14 +283,59 @@ def softmax_loss(x, y):
 # -- sandwich layers: affine -> [norm] -> relu ---------------------------------
 
 def affine_relu_forward(x, w, b):
-    """Affine layer followed by a ReLU.  Returns ``(out, cache)``."""
+    """Affine layer followed by a ReLU.  Returns ``(out, cache)``.
+
+    Parameters
+    ----------
+    x, w, b
+        As for :func:`affine_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        For :func:`affine_relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_relu_forward, affine_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_relu_forward(x, w, b)
+    >>> grads = affine_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,)])
+    """
     a, fc_cache = affine_forward(x, w, b)
     out, relu_cache = relu_forward(a)
     return out, (fc_cache, relu_cache)
 
 
 def affine_relu_backward(dout, cache):
-    """Gradients of :func:`affine_relu_forward`: ``(dx, dw, db)``."""
+    """Gradients of :func:`affine_relu_forward`: ``(dx, dw, db)``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, M)
+    cache : tuple
+        From :func:`affine_relu_forward`.
+
+    Returns
+    -------
+    dx, dw, db : ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_relu_forward, affine_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_relu_forward(x, w, b)
+    >>> grads = affine_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,)])
+    """
     fc_cache, relu_cache = cache
     return affine_backward(relu_backward(dout, relu_cache), fc_cache)
 
@@ -199,6 +359,24 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, normalization):
     out : ndarray, shape (N, M)
     cache : tuple
         For :func:`affine_norm_relu_backward`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``normalization``, and as the normalization function
+        for malformed ``gamma``, ``beta`` or ``bn_param``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_norm_relu_forward, affine_norm_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> gamma, beta, bn_param = np.ones(5), np.zeros(5), {"mode": "train"}
+    >>> out, cache = affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, "batchnorm")
+    >>> grads = affine_norm_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
@@ -216,11 +394,29 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, normalization):
 def affine_norm_relu_backward(dout, cache):
     """Gradients of :func:`affine_norm_relu_forward`.
 
+    Parameters
+    ----------
+    dout : ndarray, shape (N, M)
+    cache : tuple
+        From :func:`affine_norm_relu_forward`.
+
     Returns
     -------
     dx, dw, db : ndarray
     dgamma, dbeta : ndarray or None
         None when the layer has no normalization.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_norm_relu_forward, affine_norm_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> gamma, beta, bn_param = np.ones(5), np.zeros(5), {"mode": "train"}
+    >>> out, cache = affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, "batchnorm")
+    >>> grads = affine_norm_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
     """
     normalization, fc_cache, norm_cache, relu_cache = cache
     da = relu_backward(dout, relu_cache)
@@ -234,22 +430,118 @@ def affine_norm_relu_backward(dout, cache):
 
 
 def affine_bn_relu_forward(x, w, b, gamma, beta, bn_param):
-    """Affine -> batch norm -> ReLU.  Returns ``(out, cache)``."""
+    """Affine -> batch norm -> ReLU.  Returns ``(out, cache)``.
+
+    Parameters
+    ----------
+    x, w, b
+        As for :func:`affine_forward`.
+    gamma, beta : ndarray, shape (M,)
+    bn_param : dict
+        As for :func:`fastbn.batchnorm_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        For :func:`affine_bn_relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_bn_relu_forward, affine_bn_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_bn_relu_forward(x, w, b, np.ones(5), np.zeros(5), {"mode": "train"})
+    >>> grads = affine_bn_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
+    """
     return affine_norm_relu_forward(x, w, b, gamma, beta, bn_param, "batchnorm")
 
 
 def affine_bn_relu_backward(dout, cache):
-    """Gradients of :func:`affine_bn_relu_forward`: ``(dx, dw, db, dgamma, dbeta)``."""
+    """Gradients of :func:`affine_bn_relu_forward`: ``(dx, dw, db, dgamma, dbeta)``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, M)
+    cache : tuple
+        From :func:`affine_bn_relu_forward`.
+
+    Returns
+    -------
+    dx, dw, db, dgamma, dbeta : ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_bn_relu_forward, affine_bn_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_bn_relu_forward(x, w, b, np.ones(5), np.zeros(5), {"mode": "train"})
+    >>> grads = affine_bn_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
+    """
     return affine_norm_relu_backward(dout, cache)
 
 
 def affine_ln_relu_forward(x, w, b, gamma, beta, ln_param):
-    """Affine -> layer norm -> ReLU.  Returns ``(out, cache)``."""
+    """Affine -> layer norm -> ReLU.  Returns ``(out, cache)``.
+
+    Parameters
+    ----------
+    x, w, b
+        As for :func:`affine_forward`.
+    gamma, beta : ndarray, shape (M,)
+    ln_param : dict
+        As for :func:`fastbn.layernorm_forward`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, M)
+    cache : tuple
+        For :func:`affine_ln_relu_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_ln_relu_forward, affine_ln_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_ln_relu_forward(x, w, b, np.ones(5), np.zeros(5), {})
+    >>> grads = affine_ln_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
+    """
     return affine_norm_relu_forward(x, w, b, gamma, beta, ln_param, "layernorm")
 
 
 def affine_ln_relu_backward(dout, cache):
-    """Gradients of :func:`affine_ln_relu_forward`: ``(dx, dw, db, dgamma, dbeta)``."""
+    """Gradients of :func:`affine_ln_relu_forward`: ``(dx, dw, db, dgamma, dbeta)``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, M)
+    cache : tuple
+        From :func:`affine_ln_relu_forward`.
+
+    Returns
+    -------
+    dx, dw, db, dgamma, dbeta : ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.layers import affine_ln_relu_forward, affine_ln_relu_backward
+    >>> rng = np.random.default_rng(0)
+    >>> x, w, b = rng.standard_normal((8, 6)), rng.standard_normal((6, 5)), np.zeros(5)
+    >>> out, cache = affine_ln_relu_forward(x, w, b, np.ones(5), np.zeros(5), {})
+    >>> grads = affine_ln_relu_backward(np.ones_like(out), cache)
+    >>> out.shape, [g.shape for g in grads]
+    ((8, 5), [(8, 6), (6, 5), (5,), (5,), (5,)])
+    """
     return affine_norm_relu_backward(dout, cache)
 
 

@@ -50,12 +50,34 @@ class FullyConnectedNet:
         Older spelling of ``dropout_keep_ratio`` (same meaning: the keep
         probability); giving both is an error.
 
+    Raises
+    ------
+    ValueError
+        For an unknown ``normalization``, a ``dropout`` keep probability outside
+        (0, 1], or layer sizes that are not positive integers.
+    TypeError
+        For a dtype other than float32 and float64.
+
     Notes
     -----
     Initialization follows the classic order so seeded notebooks reproduce:
     for each layer in turn ``W = weight_scale * np.random.randn(in, out)``,
     then zeros for ``b``, ones for ``gamma``, zeros for ``beta``.  These are
     the only draws from the global NumPy RNG at construction.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.models import FullyConnectedNet
+    >>> np.random.seed(231)
+    >>> model = FullyConnectedNet([20, 30], input_dim=15, num_classes=10,
+    ...                           normalization="batchnorm", dtype=np.float64)
+    >>> X, y = np.random.randn(2, 15), np.array([3, 7])
+    >>> loss, grads = model.loss(X, y)
+    >>> sorted(grads)[:4]
+    ['W1', 'W2', 'W3', 'b1']
+    >>> model.loss(X).shape                     # scores, test mode
+    (2, 10)
     """
 
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10,

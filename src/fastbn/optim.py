@@ -22,6 +22,32 @@ def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent: ``w - learning_rate * dw``.
 
     config: ``learning_rate`` (1e-2).
+
+    Parameters
+    ----------
+    w : ndarray
+        Current weights (not modified).
+    dw : ndarray, shape of w
+        Gradient of the loss with respect to ``w``.
+    config : dict, optional
+        Hyperparameters and the rule's state; missing entries get the
+        defaults above.
+
+    Returns
+    -------
+    next_w : ndarray, shape and dtype of w
+    config : dict
+        The same dict, with the rule's updated state, for the next step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.optim import sgd
+    >>> w, config = np.array([1.0, -1.0]), {"learning_rate": 0.1}
+    >>> for _ in range(3):
+    ...     w, config = sgd(w, 2 * w, config)       # minimize sum(w**2)
+    >>> bool(np.all(np.abs(w) < 1.0))
+    True
     """
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
@@ -36,6 +62,32 @@ def sgd_momentum(w, dw, config=None):
 
     config: ``learning_rate`` (1e-2), ``momentum`` (0.9), ``velocity``
     (zeros like ``w``).
+
+    Parameters
+    ----------
+    w : ndarray
+        Current weights (not modified).
+    dw : ndarray, shape of w
+        Gradient of the loss with respect to ``w``.
+    config : dict, optional
+        Hyperparameters and the rule's state; missing entries get the
+        defaults above.
+
+    Returns
+    -------
+    next_w : ndarray, shape and dtype of w
+    config : dict
+        The same dict, with the rule's updated state, for the next step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.optim import sgd_momentum
+    >>> w, config = np.array([1.0, -1.0]), {"learning_rate": 0.1}
+    >>> for _ in range(3):
+    ...     w, config = sgd_momentum(w, 2 * w, config)       # minimize sum(w**2)
+    >>> bool(np.all(np.abs(w) < 1.0))
+    True
     """
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
@@ -54,6 +106,32 @@ def rmsprop(w, dw, config=None):
 
     config: ``learning_rate`` (1e-2), ``decay_rate`` (0.99), ``epsilon``
     (1e-8), ``cache`` (zeros like ``w``).
+
+    Parameters
+    ----------
+    w : ndarray
+        Current weights (not modified).
+    dw : ndarray, shape of w
+        Gradient of the loss with respect to ``w``.
+    config : dict, optional
+        Hyperparameters and the rule's state; missing entries get the
+        defaults above.
+
+    Returns
+    -------
+    next_w : ndarray, shape and dtype of w
+    config : dict
+        The same dict, with the rule's updated state, for the next step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.optim import rmsprop
+    >>> w, config = np.array([1.0, -1.0]), {"learning_rate": 0.1}
+    >>> for _ in range(3):
+    ...     w, config = rmsprop(w, 2 * w, config)       # minimize sum(w**2)
+    >>> bool(np.all(np.abs(w) < 1.0))
+    True
     """
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
@@ -78,6 +156,32 @@ def adam(w, dw, config=None):
 
     config: ``learning_rate`` (1e-3), ``beta1`` (0.9), ``beta2`` (0.999),
     ``epsilon`` (1e-8), ``m`` and ``v`` (zeros like ``w``), ``t`` (0).
+
+    Parameters
+    ----------
+    w : ndarray
+        Current weights (not modified).
+    dw : ndarray, shape of w
+        Gradient of the loss with respect to ``w``.
+    config : dict, optional
+        Hyperparameters and the rule's state; missing entries get the
+        defaults above.
+
+    Returns
+    -------
+    next_w : ndarray, shape and dtype of w
+    config : dict
+        The same dict, with the rule's updated state, for the next step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.optim import adam
+    >>> w, config = np.array([1.0, -1.0]), {"learning_rate": 0.1}
+    >>> for _ in range(3):
+    ...     w, config = adam(w, 2 * w, config)       # minimize sum(w**2)
+    >>> bool(np.all(np.abs(w) < 1.0))
+    True
     """
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-3)

@@ -56,11 +56,32 @@ class Solver:
         Copies of the parameters with the best validation accuracy; after
         :meth:`train` the model holds these.
 
+    Raises
+    ------
+    ValueError
+        When ``data`` lacks one of the four arrays or their lengths do not
+        match, ``update_rule`` names no rule, or a count is not a positive
+        integer.
+
     Notes
     -----
     Minibatches are drawn with ``np.random.choice`` (with replacement) and
     accuracy subsamples likewise, from the global NumPy RNG, as in the
     classic code: seed it for reproducible runs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.data import get_default_data
+    >>> from fastbn.models import FullyConnectedNet
+    >>> from fastbn.solver import Solver
+    >>> np.random.seed(231)
+    >>> model = FullyConnectedNet([50], input_dim=64, normalization="batchnorm")
+    >>> solver = Solver(model, get_default_data(), update_rule="adam",
+    ...                 optim_config={"learning_rate": 1e-3}, num_epochs=2, verbose=False)
+    >>> solver.train()
+    >>> len(solver.val_acc_history), solver.best_val_acc > 0.5
+    (3, True)
     """
 
     def __init__(self, model, data, update_rule="sgd", optim_config={}, lr_decay=1.0,
