@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastbn import _dispatch, compiled, reference
+from fastbn import _dispatch, _layout, compiled, reference
 from conftest import TOL, make_case, with_layout
 
 
@@ -178,12 +178,11 @@ def test_streaming_stores_give_the_same_bits(build, monkeypatch, rng, dtype, sha
 
     want = run()
     calls = []
-    real = compiled._stream_stores
-    monkeypatch.setattr(compiled, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(compiled, "STREAM_MIN_RUN_BYTES", 0)
-    monkeypatch.setattr(compiled, "_stream_stores", lambda v, w: calls.append(real(v, w))
+    real = _layout.stream_stores
+    monkeypatch.setattr(_layout, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(_layout, "STREAM_MIN_RUN_BYTES", 0)
+    monkeypatch.setattr(_layout, "stream_stores", lambda v, w: calls.append(real(v, w))
                         or calls[-1])
-    monkeypatch.setattr(moments, "_output", compiled._output)
     got = run()
     assert len(calls) == 5 and all(calls)       # every output pass was told to stream
     for g, w in zip(got, want):
@@ -198,13 +197,13 @@ def test_streaming_stores_give_the_same_bits(build, monkeypatch, rng, dtype, sha
 
 def test_fresh_pages_are_not_streamed(monkeypatch, rng):
     """A cache miss (memory the OS has yet to map) gets normal stores."""
-    monkeypatch.setattr(compiled, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(_layout, "STREAM_MIN_BYTES", 0)
     x = rng.standard_normal((300, 1100)).astype(np.float32)      # 1.3 MB: cached size
-    view = compiled._view(x, True, False)
-    assert compiled._stream_stores(view, True)
-    assert not compiled._stream_stores(view, False)
+    view = _layout.kernel_view(x, True, False)
+    assert _layout.stream_stores(view, True)
+    assert not _layout.stream_stores(view, False)
     short = rng.standard_normal((3000, 100)).astype(np.float32)  # 400-byte rows
-    assert not compiled._stream_stores(compiled._view(short, True, False), True)
+    assert not _layout.stream_stores(_layout.kernel_view(short, True, False), True)
 
 
 @pytest.fixture(params=_builds("_ln", id_prefix="ln-"))

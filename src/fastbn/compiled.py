@@ -9,11 +9,10 @@ row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
 import numpy as np
 
-from ._alloc import empty_reused
 from ._config import threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
-from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout, check_out,
-                          warn_batch_of_one)
+from ._layout import kernel_view, output, uses_rows
+from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, warn_batch_of_one
 # layer normalization lives in its own module; re-exported so this module
 # stays the whole compiled backend
 from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: F401
@@ -54,100 +53,17 @@ class BatchNormCache:
         return f"<fastbn {kind} cache, mode={mode!r}, x{self.x.shape} {self.x.dtype}>"
 
 
-# -- layouts ---------------------------------------------------------------
-
-def _uses_rows(x, spatial):
-    """True when the feature axis varies fastest in memory (row kernels)."""
-    if spatial:
-        return x.shape[1] > 1 and x.transpose(0, 2, 3, 1).flags.c_contiguous
-    N, D = x.shape
-    if D == 1:
-        return False
-    if N == 1:
-        return True
-    return abs(x.strides[1]) <= abs(x.strides[0])
-
-
-def _view(a, rows, spatial):
-    """The (R, D) or (A, C, B) view the kernels loop over (a copy only if needed)."""
-    if spatial:
-        N, C, H, W = a.shape
-        if rows:
-            return a.transpose(0, 2, 3, 1).reshape(N * H * W, C)
-        return a.reshape(N, C, H * W)
-    return a if rows else a.T[np.newaxis]
-
-
-def _empty_like_layout(x, rows, spatial):
-    """``(array, reused)``: a fresh output whose kernel view is contiguous.
-
-    Large ones come from the buffer cache; ``reused`` says the block did.
-    """
-    if spatial:
-        N, C, H, W = x.shape
-        if rows:
-            a, reused = empty_reused((N, H, W, C), x.dtype)
-            return a.transpose(0, 3, 1, 2), reused
-        return empty_reused(x.shape, x.dtype)
-    if rows:
-        return empty_reused(x.shape, x.dtype)
-    a, reused = empty_reused(x.shape[::-1], x.dtype)
-    return a.T, reused
-
-
-# Outputs the kernels write with non-temporal stores (AVX build): at least
-# STREAM_MIN_BYTES in contiguous runs (a row of an (R, D) view, the H*W block
-# of an NCHW channel) of at least STREAM_MIN_RUN_BYTES, into memory that is
-# already mapped (a caller's out=, a block from the buffer cache).  Measured
-# on the 2-core test machine, best of 30 calls: (64, 64, 56, 56) float32
-# (49 MiB, 12.5 KiB runs) forward 3.3 -> 2.4 ms, backward 6.0 -> 4.2 ms;
-# (16384, 1024) (64 MiB, 4 KiB rows) backward 9.4 -> 8.4 ms; no gain at
-# (4096, 1024) (16 MiB); short runs lose at any size ((128, 256, 14, 14),
-# 24.5 MiB in 784-byte runs: forward 1.2 -> 2.5 ms), and so do fresh pages
-# (the OS zeroes them through the cache just before: 51 MB forward 6.6 ->
-# 9.3 ms).  A smaller output likely stays in cache for whatever reads it
-# next, where normal stores win.
-STREAM_MIN_BYTES = 32 << 20
-STREAM_MIN_RUN_BYTES = 4096
-
-
-def _stream_stores(view, warm):
-    """Should the kernel write this output view with non-temporal stores?"""
-    if not warm or view.nbytes < STREAM_MIN_BYTES:
-        return False
-    item = view.itemsize
-    run = view.shape[-1] * item if view.strides[-1] == item else item
-    return run >= STREAM_MIN_RUN_BYTES
-
-
-def _output(x, out, name, rows, spatial, *inputs):
-    """(array to return, kernel view to write, array to copy into afterwards,
-    whether to stream the kernel's stores)."""
-    if out is None:
-        result, reused = _empty_like_layout(x, rows, spatial)
-        view = _view(result, rows, spatial)
-        return result, view, None, _stream_stores(view, reused)
-    check_out(out, name, x.shape, x.dtype, *inputs)
-    view = _view(out, rows, spatial)
-    if np.may_share_memory(view, out):
-        return out, view, None, _stream_stores(view, True)
-    # out's strides do not fit the kernel's view: compute, then copy in.
-    tmp, reused = _empty_like_layout(x, rows, spatial)
-    view = _view(tmp, rows, spatial)
-    return out, view, tmp, _stream_stores(view, reused)
-
-
 # -- forward ---------------------------------------------------------------
 
 def _forward(p, bn_param, out, spatial):
     x = p.x
     D = x.shape[1]
-    rows = _uses_rows(x, spatial)
+    rows = uses_rows(x, spatial)
     # out must not overlap anything the kernel reads, running statistics included.
     running = [a for a in (p.running_mean, p.running_var) if a is not None]
-    result, out_view, staged, stream = _output(x, out, "out", rows, spatial, x, p.gamma,
+    result, out_view, staged, stream = output(x, out, "out", rows, spatial, x, p.gamma,
                                                p.beta, *running)
-    x_view = _view(x, rows, spatial)
+    x_view = kernel_view(x, rows, spatial)
     gamma = np.ascontiguousarray(p.gamma)
     beta = np.ascontiguousarray(p.beta)
     nthreads = threads_for(x.size)
@@ -251,11 +167,11 @@ def _backward(dout, cache, dx, spatial):
     x = c.x
     dout = check_dout(dout, x)
     D = x.shape[1]
-    rows = _uses_rows(x, spatial)
-    result, dx_view, staged, stream = _output(x, dx, "dx", rows, spatial, x, dout, c.gamma)
+    rows = uses_rows(x, spatial)
+    result, dx_view, staged, stream = output(x, dx, "dx", rows, spatial, x, dout, c.gamma)
     dgamma, dbeta = np.empty(D, x.dtype), np.empty(D, x.dtype)
     kernel = _bn.rows_backward if rows else _bn.chans_backward
-    kernel(_view(x, rows, spatial), _view(dout, rows, spatial), c.gamma, c.mean,
+    kernel(kernel_view(x, rows, spatial), kernel_view(dout, rows, spatial), c.gamma, c.mean,
            c.invstd, c.train, dx_view, dgamma, dbeta, threads_for(x.size), stream)
     if staged is not None:
         np.copyto(result, staged)

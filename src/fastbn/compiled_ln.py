@@ -3,14 +3,15 @@
 Same signatures and results as :func:`fastbn.reference.layernorm_forward` /
 :func:`fastbn.reference.layernorm_backward`, plus ``out=`` / ``dx=`` buffers.
 The kernels take any strides, so inputs and buffers are passed as they are:
-no copies, no transposes; fresh outputs get the input's memory order.  The cache is lean: the input itself, gamma, and
-the per-row mean and inverse standard deviation in float64.
+no copies, no transposes; fresh outputs get the input's memory order.  The
+cache is lean: the input itself, gamma, and the per-row mean and inverse
+standard deviation in float64.
 """
 import numpy as np
 
-from ._alloc import empty
 from ._config import threads_for
 from ._dispatch import matching_build
+from ._layout import empty_like_order
 from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
 
 _ln = matching_build("_ln")
@@ -37,15 +38,6 @@ class LayerNormCache:
 
     def __repr__(self):
         return f"<fastbn layernorm cache, x{self.x.shape} {self.x.dtype}>"
-
-
-def _empty_like(x):
-    """An output in x's memory order; C or Fortran ones from the buffer cache."""
-    if x.flags.c_contiguous:
-        return empty(x.shape, x.dtype)
-    if x.flags.f_contiguous:
-        return empty(x.shape[::-1], x.dtype).T
-    return np.empty_like(x, order="K", subok=False)
 
 
 def layernorm_forward(x, gamma, beta, ln_param, out=None):
@@ -78,7 +70,7 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
     if out is None:
-        out = _empty_like(x)
+        out = empty_like_order(x)
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
     gamma = np.ascontiguousarray(p.gamma)
@@ -144,7 +136,7 @@ def layernorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = _empty_like(x)
+        dx = empty_like_order(x)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
     D = x.shape[1]

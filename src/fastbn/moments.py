@@ -26,8 +26,8 @@ import numpy as np
 
 from ._config import threads_for
 from ._dispatch import matching_build
-from ._validation import as_float_array, check_dout, check_out
-from .compiled import _output, _uses_rows, _view
+from ._layout import kernel_view, output, uses_rows
+from ._validation import as_float_array, check_dout
 
 _bn = matching_build("_bn")
 _moments = matching_build("_moments")
@@ -105,9 +105,9 @@ def partial_moments(x, spatial=False):
     D = x.shape[1]
     mean, m2 = np.zeros(D, F64), np.zeros(D, F64)
     if x.size:
-        rows = _uses_rows(x, spatial)
+        rows = uses_rows(x, spatial)
         kernel = _moments.rows_moments if rows else _moments.chans_moments
-        kernel(_view(x, rows, spatial), mean, m2, threads_for(x.size))
+        kernel(kernel_view(x, rows, spatial), mean, m2, threads_for(x.size))
     return Moments(_count(x, spatial), mean, m2)
 
 
@@ -193,13 +193,13 @@ def apply_affine(x, mean, invstd, gamma, beta, spatial=False, out=None):
     mean, invstd = _f64_vector(mean, "mean", D), _f64_vector(invstd, "invstd", D)
     alpha = _f64_vector(gamma, "gamma", D) * invstd
     beta = _f64_vector(beta, "beta", D)
-    rows = _uses_rows(x, spatial)
-    result, out_view, staged, stream = _output(x, out, "out", rows, spatial, x)
+    rows = uses_rows(x, spatial)
+    result, out_view, staged, stream = output(x, out, "out", rows, spatial, x)
     if x.size:
         # the fused module's test-mode kernels are exactly this step
         kernel = _bn.rows_normalize if rows else _bn.chans_normalize
-        kernel(_view(x, rows, spatial), mean, alpha, beta, out_view, threads_for(x.size),
-               stream)
+        kernel(kernel_view(x, rows, spatial), mean, alpha, beta, out_view,
+               threads_for(x.size), stream)
     if staged is not None:
         np.copyto(result, staged)
     return result
@@ -226,10 +226,10 @@ def grad_sums(dout, x, mean, spatial=False):
     mean = _f64_vector(mean, "mean", D)
     sdy, sdyx = np.zeros(D, F64), np.zeros(D, F64)
     if x.size:
-        rows = _uses_rows(x, spatial)
+        rows = uses_rows(x, spatial)
         kernel = _moments.rows_grad_sums if rows else _moments.chans_grad_sums
-        kernel(_view(x, rows, spatial), _view(dout, rows, spatial), mean, sdy, sdyx,
-               threads_for(x.size))
+        kernel(kernel_view(x, rows, spatial), kernel_view(dout, rows, spatial), mean, sdy,
+               sdyx, threads_for(x.size))
     return sdy, sdyx
 
 
@@ -266,12 +266,13 @@ def apply_dx(dout, x, gamma, mean, invstd, sum_dout, sum_dout_xmu, count,
     if train and not count > 0:
         raise ValueError(f"count must be positive in train mode, got {count}")
     sdy, sdyx, gamma, mean, invstd = vecs
-    rows = _uses_rows(x, spatial)
-    result, dx_view, staged, stream = _output(x, dx, "dx", rows, spatial, x, dout)
+    rows = uses_rows(x, spatial)
+    result, dx_view, staged, stream = output(x, dx, "dx", rows, spatial, x, dout)
     if x.size:
         kernel = _moments.rows_dx if rows else _moments.chans_dx
-        kernel(_view(x, rows, spatial), _view(dout, rows, spatial), gamma, mean, invstd,
-               sdy, sdyx, float(count), bool(train), dx_view, threads_for(x.size), stream)
+        kernel(kernel_view(x, rows, spatial), kernel_view(dout, rows, spatial), gamma, mean,
+               invstd, sdy, sdyx, float(count), bool(train), dx_view, threads_for(x.size),
+               stream)
     if staged is not None:
         np.copyto(result, staged)
     return result

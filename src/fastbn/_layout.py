@@ -1,0 +1,140 @@
+"""How arrays are handed to the kernels: loop shape, views and outputs.
+
+The kernels come in two loop shapes.  *Row* kernels take an ``(R, D)`` view
+whose feature axis varies fastest in memory (a C-ordered ``(N, D)`` array, a
+channels-last 4-D array); *channel* kernels take an ``(A, C, B)`` view that
+walks each feature's values in long runs (NCHW, a Fortran-ordered ``(N, D)``
+array).  Both are strided views of the caller's array, never transposed
+copies.  Fresh outputs are allocated so that their kernel view is
+contiguous, and large ones are written with non-temporal stores when that
+pays (see :data:`STREAM_MIN_BYTES`).
+
+Every compiled module that calls a kernel (:mod:`fastbn.compiled`,
+:mod:`fastbn.compiled_ln`, :mod:`fastbn.moments`) takes these decisions here.
+"""
+import numpy as np
+
+from ._alloc import empty, empty_reused
+from ._validation import check_out
+
+
+def uses_rows(x, spatial):
+    """True when the feature axis of ``x`` varies fastest in memory (row kernels)."""
+    if spatial:
+        return x.shape[1] > 1 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+    N, D = x.shape
+    if D == 1:
+        return False
+    if N == 1:
+        return True
+    return abs(x.strides[1]) <= abs(x.strides[0])
+
+
+def kernel_view(a, rows, spatial):
+    """The ``(R, D)`` or ``(A, C, B)`` view the kernels loop over (a copy only if needed)."""
+    if spatial:
+        N, C, H, W = a.shape
+        if rows:
+            return a.transpose(0, 2, 3, 1).reshape(N * H * W, C)
+        return a.reshape(N, C, H * W)
+    return a if rows else a.T[np.newaxis]
+
+
+def empty_like_layout(x, rows, spatial):
+    """``(array, reused)``: a fresh output of x's shape whose kernel view is contiguous.
+
+    Large ones come from the buffer cache; ``reused`` says the block did
+    (its pages are mapped already).
+    """
+    if spatial:
+        N, C, H, W = x.shape
+        if rows:
+            a, reused = empty_reused((N, H, W, C), x.dtype)
+            return a.transpose(0, 3, 1, 2), reused
+        return empty_reused(x.shape, x.dtype)
+    if rows:
+        return empty_reused(x.shape, x.dtype)
+    a, reused = empty_reused(x.shape[::-1], x.dtype)
+    return a.T, reused
+
+
+def empty_like_order(x):
+    """A fresh output in x's memory order; C or Fortran ones from the buffer cache.
+
+    For the kernels that take any strides (layer norm): the output then
+    follows the input's layout, as NumPy's ufuncs do.
+    """
+    if x.flags.c_contiguous:
+        return empty(x.shape, x.dtype)
+    if x.flags.f_contiguous:
+        return empty(x.shape[::-1], x.dtype).T
+    return np.empty_like(x, order="K", subok=False)
+
+
+# Non-temporal stores bypass the cache: they pay only when the output is too
+# large to stay cached for whatever reads it next, when the kernel writes it
+# in long contiguous runs (a short run leaves write-combining buffers
+# half-filled), and when its pages are mapped already (the OS zeroes a fresh
+# page through the cache just before the kernel writes it, so streaming it
+# adds a second trip to memory).  The thresholds are the smallest sizes at
+# which streaming won on the machines measured (see the docs' performance page).
+STREAM_MIN_BYTES = 32 << 20
+STREAM_MIN_RUN_BYTES = 4096
+
+
+def stream_stores(view, warm):
+    """Should the kernel write this output view with non-temporal stores?
+
+    Parameters
+    ----------
+    view : ndarray
+        The kernel view of the output.
+    warm : bool
+        Its memory is mapped already (a caller's buffer, a reused block).
+    """
+    if not warm or view.nbytes < STREAM_MIN_BYTES:
+        return False
+    item = view.itemsize
+    run = view.shape[-1] * item if view.strides[-1] == item else item
+    return run >= STREAM_MIN_RUN_BYTES
+
+
+def output(x, out, name, rows, spatial, *inputs):
+    """Where a kernel writes an output of x's shape and dtype.
+
+    Parameters
+    ----------
+    x : ndarray
+        The input whose shape and dtype the output has.
+    out : ndarray or None
+        The caller's buffer, checked here (``name`` is its argument name),
+        or None for a fresh array.
+    rows, spatial : bool
+        The kernel's loop shape (:func:`uses_rows`) and ndim.
+    *inputs : ndarray
+        Arrays the kernel reads, which ``out`` must not overlap.
+
+    Returns
+    -------
+    result : ndarray
+        The array to return to the caller.
+    view : ndarray
+        The kernel view to write.
+    staged : ndarray or None
+        When ``out``'s strides do not fit the kernel's view, a temporary the
+        kernel writes instead, to be copied into ``result`` afterwards
+        (:func:`numpy.copyto`); None otherwise.
+    stream : bool
+        Whether the kernel should write ``view`` with non-temporal stores.
+    """
+    if out is None:
+        result, reused = empty_like_layout(x, rows, spatial)
+        view = kernel_view(result, rows, spatial)
+        return result, view, None, stream_stores(view, reused)
+    check_out(out, name, x.shape, x.dtype, *inputs)
+    view = kernel_view(out, rows, spatial)
+    if np.may_share_memory(view, out):
+        return out, view, None, stream_stores(view, True)
+    tmp, reused = empty_like_layout(x, rows, spatial)
+    view = kernel_view(tmp, rows, spatial)
+    return out, view, tmp, stream_stores(view, reused)
