@@ -159,7 +159,8 @@ BAD_FORWARD = [
       for dt in (np.int8, np.int32, np.int64, np.uint8, np.bool_, np.float16, np.longdouble,
                  np.complex64, np.complex128, object, "U8", "datetime64[s]")],
     ("x_big_endian", None, _astype("x", ">f8"), TypeError, "x has non-native byte order"),
-    # gamma / beta: shape, dtype, type
+    # gamma / beta: shape, type, and dtypes that do not cast to x's under
+    # casting='same_kind' (real dtypes do: tests/test_param_casting.py)
     *[(f"{k}_{case}", None, _set(k, fn), err, f"{k} ")
       for k in ("gamma", "beta")
       for case, fn, err in [
@@ -168,9 +169,13 @@ BAD_FORWARD = [
           ("row", lambda a, s, k=k: a[k][None, :], ValueError),
           ("column", lambda a, s, k=k: a[k][:, None], ValueError),
           ("scalar", lambda a, s, k=k: a[k][0], ValueError),
-          ("float32", lambda a, s, k=k: a[k].astype(np.float32), TypeError),
-          ("int", lambda a, s, k=k: a[k].astype(np.int64), TypeError),
+          ("int_too_long", lambda a, s, k=k: np.arange(len(a[k]) + 1), ValueError),
           ("complex", lambda a, s, k=k: a[k].astype(complex), TypeError),
+          ("complex_list", lambda a, s, k=k: (a[k] + 1j).tolist(), TypeError),
+          ("object", lambda a, s, k=k: a[k].astype(object), TypeError),
+          ("str_array", lambda a, s, k=k: a[k].astype("U8"), TypeError),
+          ("datetime", lambda a, s, k=k: np.zeros(len(a[k]), "datetime64[s]"), TypeError),
+          ("masked", lambda a, s, k=k: np.ma.masked_array(a[k]), TypeError),
           ("None", lambda a, s: None, TypeError),
           ("str", lambda a, s: "ones", TypeError),
       ]],
@@ -461,18 +466,29 @@ def test_bad_dx(backend, name, case_id, make, exc, match):
                                       args["x"], args["dout"], cache, dx)
 
 
-# -- mixed dtypes between x, gamma, beta (both directions) --------------------
+# -- running statistics and dout are never cast, and the message says why -------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", sorted(FORWARD))
-@pytest.mark.parametrize("x_dtype,p_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
-@pytest.mark.parametrize("which", ["gamma", "beta", "both"])
-def test_mixed_float_dtypes(backend, name, x_dtype, p_dtype, which):
+@pytest.mark.parametrize("name", sorted(RUN))
+@pytest.mark.parametrize("x_dtype,s_dtype", [(np.float32, np.float64), (np.float64, np.float32),
+                                             (np.float64, np.int64)])
+@pytest.mark.parametrize("key", ["running_mean", "running_var"])
+def test_running_statistics_of_another_dtype_are_refused_with_the_reason(
+        backend, name, x_dtype, s_dtype, key):
     args = valid_args(FORWARD[name], x_dtype)
-    for k in (("gamma", "beta") if which == "both" else (which,)):
-        args[k] = args[k].astype(p_dtype)
-    first = "gamma" if which in ("gamma", "both") else "beta"
+    args["param"][key] = args["param"][key].astype(s_dtype)
     with fastbn.backend(backend):
         assert_raises_and_nothing_changed(
-            TypeError, rf"{first} has dtype {np.dtype(p_dtype)} but x has dtype {np.dtype(x_dtype)}",
+            TypeError, rf"bn_param\['{key}'\] .*never cast: they are state the caller owns",
             lambda: call_forward(name, args), args["x"], args["gamma"], args["beta"], args["param"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(BACKWARD))
+@pytest.mark.parametrize("dout_dtype", [np.float32, np.int64])
+def test_dout_of_another_dtype_is_refused_with_the_reason(backend, name, dout_dtype):
+    args, cache = _forward_for(name, backend)
+    dout = np.ones(args["x"].shape, dout_dtype)
+    assert_raises_and_nothing_changed(TypeError, "dout .*never cast",
+                                      lambda: getattr(fastbn, name)(dout, cache),
+                                      args["x"], cache, dout)

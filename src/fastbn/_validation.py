@@ -5,10 +5,14 @@ computes or writes anything, so a call that raises leaves ``bn_param``, the
 running statistics and every input exactly as they were.  Both backends call
 the same checks, so they fail the same way on the same bad input.
 
-Dtype policy: float32 and float64 only.  Any other dtype (integer, bool,
-float16, complex, object, strings) is a ``TypeError`` that says how to cast;
-we never cast silently, because a silent cast would change the dtype of the
-result and of the running statistics the caller owns.
+Dtype policy: ``x`` defines the dtype, float32 or float64; any other dtype
+of ``x`` is a ``TypeError`` that says how to cast.  The learnable parameters
+(``gamma``, ``beta``) follow NumPy's rule for values written into a given
+dtype: any real dtype (bool, integer, floating) or sequence that casts to x's
+dtype under ``casting='same_kind'`` is converted (a new array; the caller's
+is never modified).  Running statistics, ``dout`` and buffers are never
+cast: their dtype is state the caller owns (the running statistics are
+stored back, a buffer is written in place), so a mismatch is a ``TypeError``.
 """
 import math
 import numbers
@@ -20,26 +24,33 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_array(value, name):
-    """Return ``value`` as an ndarray of float32/float64, or raise TypeError."""
+def _as_array(value, name, wanted):
+    """``value`` as an ndarray (no copy for one), or TypeError naming ``name``."""
+    if value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__}")
+    if isinstance(value, np.ma.MaskedArray):
+        # np.asarray would drop the mask and normalize the masked values too.
+        raise TypeError(f"{name} is a masked array; batch statistics cannot skip "
+                        f"masked entries: pass {name}.filled(...) or a plain array")
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be {wanted}: {exc}") from None
+
+
+def as_float_array(value, name, why=""):
+    """Return ``value`` as an ndarray of float32/float64, or raise TypeError.
+
+    ``why`` is appended to a dtype error: the reason this argument is never cast.
+    """
     if type(value) is not np.ndarray:
-        if value is None or isinstance(value, (str, bytes)):
-            raise TypeError(f"{name} must be a float32 or float64 array, "
-                            f"got {type(value).__name__}")
-        if isinstance(value, np.ma.MaskedArray):
-            # np.asarray would drop the mask and normalize the masked values too.
-            raise TypeError(f"{name} is a masked array; batch statistics cannot skip "
-                            f"masked entries: pass {name}.filled(...) or a plain array")
-        try:
-            value = np.asarray(value)
-        except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} must be a float32 or float64 array: {exc}") from None
+        value = _as_array(value, name, "a float32 or float64 array")
     if value.dtype not in FLOAT_DTYPES:
         if value.dtype.kind == "f" and value.dtype.newbyteorder() in FLOAT_DTYPES:
             raise TypeError(f"{name} has non-native byte order ({value.dtype.str}); "
-                            f"convert it first, e.g. {name}.astype(np.float64)")
+                            f"convert it first, e.g. {name}.astype(np.float64){why}")
         raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}; "
-                        f"cast it first, e.g. {name}.astype(np.float64)")
+                        f"cast it first, e.g. {name}.astype(np.float64){why}")
     if not value.flags.aligned:
         # A field of a packed structured array or a buffer at an odd offset:
         # the kernels address elements as base + i * (stride / itemsize), so
@@ -61,14 +72,73 @@ def check_input(x, ndim, name="x"):
     return x
 
 
-def check_vector(v, name, size, dtype):
-    """A per-feature parameter: shape (size,) and the same dtype as x."""
-    v = as_float_array(v, name)
+# Why running statistics are not converted like gamma and beta.
+STATE_NOT_CAST = ("; running statistics are never cast: they are state the caller owns, "
+                  "stored back into the dict in x's dtype")
+
+
+def check_vector(v, name, size, dtype, why=STATE_NOT_CAST):
+    """Per-feature state (running statistics): shape (size,) and exactly x's dtype."""
+    v = as_float_array(v, name, why)
     if v.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},) to match x, got {v.shape}")
     if v.dtype != dtype:
-        raise TypeError(f"{name} has dtype {v.dtype} but x has dtype {dtype}; "
-                        f"they must match")
+        raise TypeError(f"{name} has dtype {v.dtype} but x has dtype {dtype}{why}")
+    return v
+
+
+_REAL_KINDS = "biuf"     # bool, signed and unsigned integer, floating point
+
+
+def check_param_vector(v, name, size, dtype, other_shape=None):
+    """A learnable per-feature parameter (gamma, beta), converted to x's dtype.
+
+    NumPy's rule for values written into a given dtype: any real array or
+    sequence whose dtype casts to ``dtype`` under ``casting='same_kind'``
+    (bool, integers, any float, e.g. float64 for float32 ``x``).  The
+    caller's array is never modified; a converted copy is returned.
+
+    Parameters
+    ----------
+    v : array_like
+    name : str
+        The argument's name, for the error messages.
+    size : int
+        The number of features.
+    dtype : numpy.dtype
+        x's dtype.
+    other_shape : tuple, optional
+        A second accepted shape holding ``size`` values, e.g. ``(1, C, 1, 1)``
+        for the course's convolutional parameters.
+
+    Returns
+    -------
+    ndarray of ``dtype``, shape (size,)
+
+    Raises
+    ------
+    TypeError
+        Not an array of a real dtype (complex, object, strings, dates, None),
+        or one that does not cast to ``dtype``.
+    ValueError
+        A shape other than ``(size,)`` (or ``other_shape``).
+    """
+    if type(v) is not np.ndarray:
+        v = _as_array(v, name, "a real array")
+    if v.dtype is not dtype and v.dtype != dtype:
+        if v.dtype.kind not in _REAL_KINDS:
+            raise TypeError(f"{name} must be a real array (bool, integer or floating "
+                            f"point), got dtype {v.dtype}")
+        if not np.can_cast(v.dtype, dtype, "same_kind"):
+            raise TypeError(f"{name} has dtype {v.dtype}, which does not cast to x's "
+                            f"dtype {dtype} under casting='same_kind'")
+    if v.shape != (size,):
+        if other_shape is None or v.shape != other_shape:
+            shapes = f"({size},)" + ("" if other_shape is None else f" or {other_shape}")
+            raise ValueError(f"{name} must have shape {shapes} to match x, got {v.shape}")
+        v = v.reshape(size)
+    if v.dtype != dtype or not v.flags.aligned:    # (unaligned: see as_float_array)
+        v = v.astype(dtype)
     return v
 
 
@@ -101,8 +171,8 @@ def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
     """Validate a (spatial) batch-norm forward call; features are axis 1."""
     x = check_input(x, ndim)
     size = x.shape[1]
-    gamma = check_vector(gamma, "gamma", size, x.dtype)
-    beta = check_vector(beta, "beta", size, x.dtype)
+    gamma = check_param_vector(gamma, "gamma", size, x.dtype)
+    beta = check_param_vector(beta, "beta", size, x.dtype)
     # type(...) is dict first: the ABC check costs a microsecond per call
     if type(bn_param) is not dict and not isinstance(bn_param, MutableMapping):
         raise TypeError(f"bn_param must be a dict, got {type(bn_param).__name__}")
@@ -133,15 +203,20 @@ def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
     return NormParams(x, gamma, beta, mode, eps, momentum, *running)
 
 
+# Why dout is not converted like gamma and beta.
+DOUT_NOT_CAST = ("; dout is never cast: a gradient in another dtype than the forward "
+                 "input means the layers upstream run in another precision")
+
+
 def check_dout(dout, x):
     """The upstream gradient must match the cached input in shape and dtype."""
-    dout = as_float_array(dout, "dout")
+    dout = as_float_array(dout, "dout", DOUT_NOT_CAST)
     if dout.shape != x.shape:
         raise ValueError(f"dout has shape {dout.shape} but the forward input had "
                          f"shape {x.shape}")
     if dout.dtype != x.dtype:
         raise TypeError(f"dout has dtype {dout.dtype} but the forward input had "
-                        f"dtype {x.dtype}")
+                        f"dtype {x.dtype}{DOUT_NOT_CAST}")
     return dout
 
 
@@ -204,8 +279,8 @@ def check_layernorm_args(x, gamma, beta, ln_param):
     """
     x = check_input(x, 2)
     size = x.shape[1]
-    gamma = check_vector(gamma, "gamma", size, x.dtype)
-    beta = check_vector(beta, "beta", size, x.dtype)
+    gamma = check_param_vector(gamma, "gamma", size, x.dtype)
+    beta = check_param_vector(beta, "beta", size, x.dtype)
     if not isinstance(ln_param, Mapping):
         raise TypeError(f"ln_param must be a dict, got {type(ln_param).__name__}")
     eps = _real(ln_param.get("eps", 1e-5), "ln_param['eps']")
