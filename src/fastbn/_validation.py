@@ -335,12 +335,13 @@ class GroupNormParams(NamedTuple):
 
 
 def _check_channel_param(v, name, C, dtype):
-    """gamma/beta of group norm: shape (C,) or the course's (1, C, 1, 1)."""
-    v = as_float_array(v, name)
-    if v.shape not in ((C,), (1, C, 1, 1)):
-        raise ValueError(f"{name} must have shape ({C},) or (1, {C}, 1, 1) to match x's "
-                         f"C = {C} channels, got {v.shape}")
-    return check_vector(v.reshape(C), name, C, dtype), v.shape
+    """gamma/beta of group norm: shape (C,) or the course's (1, C, 1, 1).
+
+    Returns the (C,) vector in x's dtype (:func:`check_param_vector`) and the
+    caller's shape, which the gradients take.
+    """
+    vector = check_param_vector(v, name, C, dtype, other_shape=(1, C, 1, 1))
+    return vector, ((C,) if np.ndim(v) == 1 else (1, C, 1, 1))
 
 
 def check_groups(G, C):
