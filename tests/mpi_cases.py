@@ -215,7 +215,7 @@ def test_data_parallel_net_gradients_equal_single_process(normalization, reg):
                                  weight_scale=0.5)
 
     single, ddp = net(), DataParallelNet(net())
-    for step in range(2):          # the second step uses the updated running stats too
+    for _step in range(2):         # the second step uses the updated running stats too
         loss1, g1 = single.loss(X, y)
         loss, g = ddp.loss(X, y)
         assert sorted(g) == sorted(g1)

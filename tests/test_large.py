@@ -106,7 +106,7 @@ def check_forward_backward(name, shape, axis):
             return mean[pos[1]], var[pos[1]]
     else:
         def stats(pos):
-            row = x[pos[0]].astype(np.float64)
+            row = x[pos[0]].astype(np.float64)  # noqa: F821 (x is deleted only at the end)
             return row.mean(), row.var()
 
     param = {"mode": "train", "momentum": 0.5} if spec.running else {"eps": EPS}

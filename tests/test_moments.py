@@ -56,7 +56,8 @@ def test_partial_moments_threaded(rng, shape):
 def test_merge_of_any_split_equals_whole(rng, parts, ndim):
     shape = (23, 6) if ndim == 2 else (9, 4, 3, 5)
     x = make_case(rng, shape, F64, offset=-4.0)[0]
-    chunks = [M.partial_moments(x[idx], spatial=ndim == 4) for idx in _split(rng, 23 if ndim == 2 else 9, parts)]
+    chunks = [M.partial_moments(x[idx], spatial=ndim == 4)
+              for idx in _split(rng, 23 if ndim == 2 else 9, parts)]
     whole = M.partial_moments(x, spatial=ndim == 4)
     # left fold and a balanced tree: two reduction orders an all-reduce may use
     left = chunks[0]
@@ -128,8 +129,9 @@ def _pieces_forward(x, gamma, beta, bn, spatial, split_at):
     return M.apply_affine(x, mean, invstd, gamma, beta, spatial), mean, invstd
 
 
-@pytest.mark.parametrize("dtype,shape,layout", [c for c in cases(2) + cases(4)
-                                                 if c[1][0] > 1 and c[2] in ("C", "F", "channels_last", "strided")])
+@pytest.mark.parametrize("dtype,shape,layout", [
+    c for c in cases(2) + cases(4)
+    if c[1][0] > 1 and c[2] in ("C", "F", "channels_last", "strided")])
 def test_pieces_compose_to_the_fused_functions(rng, dtype, shape, layout):
     spatial = len(shape) == 4
     x, gamma, beta, dout = make_case(rng, shape, dtype, offset=1.5, scale=2.0)

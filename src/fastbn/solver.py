@@ -84,7 +84,7 @@ class Solver:
     (3, True)
     """
 
-    def __init__(self, model, data, update_rule="sgd", optim_config={}, lr_decay=1.0,
+    def __init__(self, model, data, update_rule="sgd", optim_config={}, lr_decay=1.0,  # noqa: B006 (copied)
                  batch_size=100, num_epochs=10, num_train_samples=1000,
                  num_val_samples=None, checkpoint_name=None, print_every=10,
                  verbose=True, **unrecognized):
