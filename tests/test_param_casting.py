@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import fastbn
-from test_errors import BACKENDS, BACKWARD, FORWARD, call_forward, snapshot, valid_args
+from registry import BACKENDS, BACKWARD, FORWARD, call_forward, valid_args
+from test_errors import snapshot
 
 
 def _integer_params(args):

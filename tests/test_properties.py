@@ -20,7 +20,8 @@ from hypothesis.extra import numpy as hnp
 import fastbn
 from fastbn import compiled, reference
 
-from test_errors import BACKENDS, BACKWARD, FORWARD, call_forward, snapshot, valid_args
+from registry import BACKENDS, BACKWARD, FORWARD, call_forward, valid_args
+from test_errors import snapshot
 
 settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
                           database=None, suppress_health_check=[HealthCheck.too_slow])
