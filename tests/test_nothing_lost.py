@@ -2,13 +2,16 @@
 honoured (and refused when it aliases an input) on both backends, NaN and inf
 stay inside their normalization group, and float32 far from zero keeps its
 accuracy."""
+from collections.abc import MutableMapping
+
 import numpy as np
 import pytest
 
 import fastbn
 from fastbn import compiled, reference
 
-from test_errors import BACKENDS, BACKWARD, FORWARD, _has_out, call_forward, snapshot, valid_args
+from registry import BACKENDS, BACKWARD, FORWARD, call_forward, valid_args
+from test_errors import _has_out, snapshot
 
 
 def _readonly_copy(a):
@@ -214,3 +217,59 @@ def test_float32_at_large_offset_matches_float64(name, layout):
                                           g32, b32, dict(param))
         assert out32.dtype == np.float32
         assert np.abs(out32 - ref64).max() < 1e-3, backend.__name__
+
+
+# -- a mapping that refuses one running statistic: all or nothing ---------------
+
+class RefusingParams(MutableMapping):
+    """A bn_param mapping whose ``__setitem__`` refuses one key."""
+
+    def __init__(self, data, refuse):
+        self.data, self.refuse = dict(data), refuse
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value):
+        if key == self.refuse:
+            raise RuntimeError(f"this mapping refuses {key}")
+        self.data[key] = value
+
+    def __delitem__(self, key):
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", sorted(n for n, s in FORWARD.items() if s.running))
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("given", ["both", "none"])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_refused_running_var_leaves_running_mean_and_out_untouched(backend, name, mode, given,
+                                                                    with_out):
+    args = valid_args(FORWARD[name])
+    data = dict(args["param"], mode=mode)
+    if given == "none":
+        del data["running_mean"], data["running_var"]
+    param = RefusingParams(data, refuse="running_var")
+    out = np.full(args["x"].shape, -7.0) if with_out else None
+    before = [snapshot(param.data), snapshot(args["x"])] + ([snapshot(out)] if with_out else [])
+    kw = {"out": out} if with_out else {}
+    with fastbn.backend(backend), pytest.raises(RuntimeError, match="refuses running_var"):
+        call_forward(name, dict(args, param=param), **kw)
+    after = [snapshot(param.data), snapshot(args["x"])] + ([snapshot(out)] if with_out else [])
+    assert after == before
+    # and a mapping that takes both gets what a dict gets
+    param.refuse = None
+    want = dict(data)
+    with fastbn.backend(backend):
+        expect, _ = call_forward(name, dict(args, param=want))
+        got, _ = call_forward(name, dict(args, param=param), **kw)
+    np.testing.assert_array_equal(got, expect)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(param[key], want[key])

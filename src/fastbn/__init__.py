@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from . import compiled, reference
-from ._validation import check_out
+from ._validation import check_out, store_running
 from ._alloc import buffer_cache_info, set_buffer_cache
 from ._config import get_num_threads, openmp_enabled, set_num_threads
 from ._showconfig import show_config
@@ -78,22 +78,24 @@ def _module():
 # a call.  The reference has no buffers: the dispatcher runs it, checks the
 # buffer exactly as the compiled backend does, then copies the result in.
 # The reference writes its running statistics into a copy of bn_param that
-# is merged back only once the buffer has passed, so a refused buffer leaves
-# bn_param untouched, as on the compiled backend.
+# is merged back only once the buffer has passed, and the buffer is written
+# only once bn_param has taken both statistics: a refused buffer or a
+# mapping that refuses a statistic changes nothing, as on the compiled backend.
 
-def _reference_forward_into(fn, x, gamma, beta, params, out):
+def _reference_forward_into(fn, x, gamma, beta, params, out, keeps_running):
     staged = dict(params) if isinstance(params, MutableMapping) else params
     result, cache = fn(x, gamma, beta, staged)         # validates the arguments
     check_out(out, "out", result.shape, result.dtype, x, gamma, beta,
               *[v for v in params.values() if isinstance(v, np.ndarray)])
+    if staged is not params and keeps_running:
+        store_running(params, staged["running_mean"], staged["running_var"])
     np.copyto(out, result)
-    if staged is not params:
-        params.update(staged)
     return out, cache
 
 
 def _forward_dispatch(name):
     compiled_fn = getattr(compiled, name)
+    keeps_running = name in ("batchnorm_forward", "spatial_batchnorm_forward")
 
     @functools.wraps(compiled_fn)
     def forward(x, gamma, beta, bn_param, out=None):
@@ -102,7 +104,7 @@ def _forward_dispatch(name):
             return getattr(module, name)(x, gamma, beta, bn_param)
         if module is reference:
             return _reference_forward_into(getattr(reference, name), x, gamma, beta,
-                                           bn_param, out)
+                                           bn_param, out, keeps_running)
         return getattr(module, name)(x, gamma, beta, bn_param, out=out)
     return forward
 

@@ -99,7 +99,7 @@ def stream_stores(view, warm):
     return run >= STREAM_MIN_RUN_BYTES
 
 
-def output(x, out, name, rows, spatial, *inputs):
+def output(x, out, name, rows, spatial, *inputs, stage=False):
     """Where a kernel writes an output of x's shape and dtype.
 
     Parameters
@@ -113,6 +113,9 @@ def output(x, out, name, rows, spatial, *inputs):
         The kernel's loop shape (:func:`uses_rows`) and ndim.
     *inputs : ndarray
         Arrays the kernel reads, which ``out`` must not overlap.
+    stage : bool
+        Have the kernel write a temporary even when ``out`` fits its view:
+        for a caller that must not touch ``out`` until a later step succeeds.
 
     Returns
     -------
@@ -133,7 +136,7 @@ def output(x, out, name, rows, spatial, *inputs):
         return result, view, None, stream_stores(view, reused)
     check_out(out, name, x.shape, x.dtype, *inputs)
     view = kernel_view(out, rows, spatial)
-    if np.may_share_memory(view, out):
+    if not stage and np.may_share_memory(view, out):
         return out, view, None, stream_stores(view, True)
     tmp, reused = empty_like_layout(x, rows, spatial)
     view = kernel_view(tmp, rows, spatial)

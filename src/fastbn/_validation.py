@@ -208,6 +208,32 @@ DOUT_NOT_CAST = ("; dout is never cast: a gradient in another dtype than the for
                  "input means the layers upstream run in another precision")
 
 
+def store_running(bn_param, running_mean, running_var):
+    """Store new running statistics into ``bn_param``: both, or neither.
+
+    A dict accepts any item, but another ``MutableMapping`` may refuse one
+    (a validating ``__setitem__``); then ``running_mean`` is put back as it
+    was (or removed, if it was absent) and the mapping's exception
+    propagates.  Callers write their ``out=`` buffer only after this
+    returns, so a refused store changes nothing the caller owns.
+    """
+    if type(bn_param) is dict:
+        bn_param["running_mean"] = running_mean
+        bn_param["running_var"] = running_var
+        return
+    absent = object()
+    old_mean = bn_param["running_mean"] if "running_mean" in bn_param else absent
+    bn_param["running_mean"] = running_mean
+    try:
+        bn_param["running_var"] = running_var
+    except BaseException:
+        if old_mean is absent:
+            del bn_param["running_mean"]
+        else:
+            bn_param["running_mean"] = old_mean
+        raise
+
+
 def check_dout(dout, x):
     """The upstream gradient must match the cached input in shape and dtype."""
     dout = as_float_array(dout, "dout", DOUT_NOT_CAST)

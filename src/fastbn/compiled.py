@@ -7,12 +7,15 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
+import math
+
 import numpy as np
 
 from ._config import threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
 from ._layout import kernel_view, output, uses_rows
-from ._validation import check_batchnorm_args, check_cache_arrays, check_dout, warn_batch_of_one
+from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout,
+                          store_running, warn_batch_of_one)
 # layer normalization lives in its own module; re-exported so this module
 # stays the whole compiled backend
 from .compiled_ln import LayerNormCache, layernorm_backward, layernorm_forward  # noqa: F401
@@ -53,6 +56,53 @@ class BatchNormCache:
         return f"<fastbn {kind} cache, mode={mode!r}, x{self.x.shape} {self.x.dtype}>"
 
 
+# -- features with non-finite parameters ------------------------------------
+# The kernels fold each feature's parameters into a few coefficients
+# (``(x - m) * scale + offset`` with a rounding correction folded into the
+# offset), which turns an infinite gamma, running mean or 1/sqrt(var + eps)
+# into NaN where the textbook expressions give +-inf or a finite value.  Such
+# features (rare: the check is one reduction per parameter) are recomputed
+# elementwise with the expressions that define the result in
+# :mod:`fastbn.reference` ("Non-finite parameters" there).
+
+def _nonfinite(a, b):
+    """Indices of the features where ``a`` or ``b`` is not finite, or None.
+
+    One dot product decides the common case: a non-finite term makes the
+    sum non-finite (a finite overflow only sends it to the elementwise check).
+    """
+    if math.isfinite(np.dot(a, b)):     # (a dot product raises no FP warnings)
+        return None
+    bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
+    return bad if bad.size else None
+
+
+def _per_feature(v, J, ndim):
+    """``v[J]`` shaped to broadcast along axis 1 of an ndim-D array."""
+    return v[J].reshape((1, len(J)) + (1,) * (ndim - 2))
+
+
+def _textbook_forward(target, x, J, mean, std, gamma, beta):
+    """``target[:, J] = gamma * ((x - mean) / std) + beta`` elementwise, in x's dtype."""
+    n = x.ndim
+    with np.errstate(all="ignore"):
+        x_centered = (x[:, J] - _per_feature(mean, J, n)).astype(x.dtype, copy=False)
+        x_hat = x_centered / _per_feature(std, J, n)
+        target[:, J] = _per_feature(gamma, J, n) * x_hat + _per_feature(beta, J, n)
+
+
+def _textbook_test_backward(dx, dgamma, x, dout, J, gamma, mean, invstd):
+    """Test mode: ``dx = dout * gamma / std`` and ``dgamma = sum(dout * x_hat)`` for J."""
+    n = x.ndim
+    axes = (0,) + tuple(range(2, n))
+    with np.errstate(all="ignore"):
+        std = (1.0 / invstd).astype(x.dtype)
+        dx[:, J] = dout[:, J] * _per_feature(gamma, J, n) / _per_feature(std, J, n)
+        x_hat = ((x[:, J] - _per_feature(mean, J, n)).astype(x.dtype, copy=False)
+                 / _per_feature(std, J, n))
+        dgamma[J] = (dout[:, J] * x_hat).sum(axis=axes)
+
+
 # -- forward ---------------------------------------------------------------
 
 def _forward(p, bn_param, out, spatial):
@@ -61,8 +111,11 @@ def _forward(p, bn_param, out, spatial):
     rows = uses_rows(x, spatial)
     # out must not overlap anything the kernel reads, running statistics included.
     running = [a for a in (p.running_mean, p.running_var) if a is not None]
+    # A mapping other than a dict may refuse the running statistics: out= is
+    # then written only after it has taken both (store_running).
     result, out_view, staged, stream = output(x, out, "out", rows, spatial, x, p.gamma,
-                                               p.beta, *running)
+                                              p.beta, *running,
+                                              stage=type(bn_param) is not dict)
     x_view = kernel_view(x, rows, spatial)
     gamma = np.ascontiguousarray(p.gamma)
     beta = np.ascontiguousarray(p.beta)
@@ -80,17 +133,35 @@ def _forward(p, bn_param, out, spatial):
                np.ascontiguousarray(running_mean), np.ascontiguousarray(running_var),
                p.momentum, new_running, nthreads, stream)
         mean, var, invstd = stats
+        bad = _nonfinite(gamma, beta)
+        if p.eps == 0.0:    # a constant feature has 1/sqrt(var + eps) = inf
+            bad_std = _nonfinite(invstd, invstd)
+            if bad_std is not None:
+                bad = bad_std if bad is None else np.union1d(bad, bad_std)
+        if bad is not None:
+            with np.errstate(all="ignore"):
+                std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
+            _textbook_forward(result if staged is None else staged, x, bad, mean, std,
+                              gamma, beta)
         running_mean, running_var = new_running
     else:
         mean = running_mean.astype(F64)
-        invstd = 1.0 / np.sqrt(running_var.astype(F64) + p.eps)
+        with np.errstate(divide="ignore"):
+            invstd = 1.0 / np.sqrt(running_var.astype(F64) + p.eps)
+        alpha = gamma * invstd
+        beta64 = beta.astype(F64)
         kernel = _bn.rows_normalize if rows else _bn.chans_normalize
-        kernel(x_view, mean, gamma * invstd, beta.astype(F64), out_view, nthreads, stream)
+        kernel(x_view, mean, alpha, beta64, out_view, nthreads, stream)
+        bad = _nonfinite(alpha * mean, beta64)
+        if bad is not None:
+            with np.errstate(all="ignore"):
+                std = np.sqrt(running_var + p.eps).astype(x.dtype, copy=False)
+            _textbook_forward(result if staged is None else staged, x, bad, running_mean,
+                              std, gamma, beta)
 
+    store_running(bn_param, running_mean, running_var)
     if staged is not None:
         np.copyto(result, staged)
-    bn_param["running_mean"] = running_mean
-    bn_param["running_var"] = running_var
     return result, BatchNormCache(x, gamma, mean, invstd, p.mode == "train", spatial)
 
 
@@ -173,6 +244,11 @@ def _backward(dout, cache, dx, spatial):
     kernel = _bn.rows_backward if rows else _bn.chans_backward
     kernel(kernel_view(x, rows, spatial), kernel_view(dout, rows, spatial), c.gamma, c.mean,
            c.invstd, c.train, dx_view, dgamma, dbeta, threads_for(x.size), stream)
+    if not c.train:
+        bad = _nonfinite(c.gamma * c.invstd, c.mean)
+        if bad is not None:
+            _textbook_test_backward(result if staged is None else staged, dgamma, x, dout,
+                                    bad, c.gamma, c.mean, c.invstd)
     if staged is not None:
         np.copyto(result, staged)
     return result, dgamma, dbeta

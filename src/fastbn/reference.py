@@ -27,11 +27,23 @@ Conventions
 * Every mean and variance is computed in float64 around one of its own
   samples (:func:`_moments`), so a constant feature normalizes to exactly 0
   at any magnitude.
+
+Non-finite parameters
+---------------------
+An infinite or NaN ``gamma``, ``beta`` or running statistic, or ``eps = 0``
+with a zero variance, gives the expressions above evaluated elementwise in
+IEEE arithmetic, and both backends return exactly that pattern:
+``x_hat = (x - mean) / sqrt(var + eps)`` (so ``running_mean = inf`` gives
+``x_hat = -inf`` and ``eps = 0``, ``var = 0`` gives ``+-inf``, or NaN where
+``x - mean = 0``), ``out = gamma * x_hat + beta`` (``gamma = inf`` gives
+``+-inf``); in test mode ``dx = dout * gamma / sqrt(var + eps)``, which does
+not involve the mean (finite for ``running_mean = inf``), ``dgamma =
+sum(dout * x_hat)`` and ``dbeta = sum(dout)``.
 """
 import numpy as np
 
 from ._validation import (check_batchnorm_args, check_dout, check_groupnorm_args,
-                          check_layernorm_args, warn_batch_of_one)
+                          check_layernorm_args, store_running, warn_batch_of_one)
 
 
 def _moments(x, axis):
@@ -103,8 +115,8 @@ def _batchnorm_forward(p, bn_param):
     out = gamma * x_hat + beta
 
     # Only now, with nothing left that can fail, touch what the caller owns.
-    bn_param["running_mean"] = running_mean.astype(x.dtype, copy=False)
-    bn_param["running_var"] = running_var.astype(x.dtype, copy=False)
+    store_running(bn_param, running_mean.astype(x.dtype, copy=False),
+                  running_var.astype(x.dtype, copy=False))
     cache = {"kind": "batchnorm", "mode": p.mode, "x": x, "x_centered": x_centered,
              "x_hat": x_hat, "std": std, "gamma": gamma}
     return out.astype(x.dtype, copy=False), cache
