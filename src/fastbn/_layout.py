@@ -14,7 +14,7 @@ Every compiled module that calls a kernel (:mod:`fastbn.compiled`,
 """
 import numpy as np
 
-from ._alloc import empty, empty_reused
+from ._alloc import MIN_BYTES, empty, empty_reused
 from ._validation import check_out
 
 
@@ -131,6 +131,11 @@ def output(x, out, name, rows, spatial, *inputs, stage=False):
         Whether the kernel should write ``view`` with non-temporal stores.
     """
     if out is None:
+        if rows and not spatial and x.nbytes < MIN_BYTES:
+            # the common small case: a C-ordered array, below the buffer
+            # cache's size and the streaming threshold
+            result = np.empty(x.shape, x.dtype)
+            return result, result, None, False
         result, reused = empty_like_layout(x, rows, spatial)
         view = kernel_view(result, rows, spatial)
         return result, view, None, stream_stores(view, reused)

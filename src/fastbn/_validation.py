@@ -79,6 +79,9 @@ STATE_NOT_CAST = ("; running statistics are never cast: they are state the calle
 
 def check_vector(v, name, size, dtype, why=STATE_NOT_CAST):
     """Per-feature state (running statistics): shape (size,) and exactly x's dtype."""
+    # the common case in one test (x's dtype object itself: a native float dtype)
+    if type(v) is np.ndarray and v.dtype is dtype and v.shape == (size,) and v.flags.aligned:
+        return v
     v = as_float_array(v, name, why)
     if v.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},) to match x, got {v.shape}")
@@ -123,6 +126,9 @@ def check_param_vector(v, name, size, dtype, other_shape=None):
     ValueError
         A shape other than ``(size,)`` (or ``other_shape``).
     """
+    # the common case in one test (x's dtype object itself: a native float dtype)
+    if type(v) is np.ndarray and v.dtype is dtype and v.shape == (size,) and v.flags.aligned:
+        return v
     if type(v) is not np.ndarray:
         v = _as_array(v, name, "a real array")
     if v.dtype is not dtype and v.dtype != dtype:
@@ -153,6 +159,13 @@ def _real(value, name):
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def _any_negative(v):
+    """``(v < 0).any()``, NaN counting as not negative."""
+    if v.size <= 32:    # a comparison array and a reduction cost more than the loop
+        return any(e < 0 for e in v.tolist())
+    return bool((v < 0).any())
 
 
 class NormParams(NamedTuple):
@@ -196,7 +209,7 @@ def check_batchnorm_args(x, gamma, beta, bn_param, ndim):
     # a variance below zero is no variance: in test mode sqrt(var + eps) would
     # be NaN for that feature, in train mode it would be blended into the new
     # running_var.  NaN entries pass (NaN stays in its feature, as in x).
-    if running[1] is not None and (running[1] < 0).any():
+    if running[1] is not None and _any_negative(running[1]):
         bad = int(np.flatnonzero(running[1] < 0)[0])
         raise ValueError(f"bn_param['running_var'] must be >= 0, got {running[1][bad]!r} "
                          f"for feature {bad}")
@@ -315,6 +328,15 @@ def check_layernorm_args(x, gamma, beta, ln_param):
     return LayerNormParams(x, gamma, beta, eps)
 
 
+_F64 = np.dtype(np.float64)
+
+
+def _fits(a, n, dtype):
+    """``a`` is a C-contiguous ndarray of shape (n,) and this dtype."""
+    return (type(a) is np.ndarray and a.shape == (n,) and a.dtype == dtype
+            and a.flags.c_contiguous)
+
+
 def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
     """A compiled cache's arrays still fit together, or ValueError.
 
@@ -337,13 +359,14 @@ def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
     stats_axis : int
         1 for batch norm (per feature), 0 for layer norm (per row).
     """
-    def fits(a, n, dtype):
-        return (type(a) is np.ndarray and a.shape == (n,) and a.dtype == dtype
-                and a.flags.c_contiguous)
-
     ok = (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
-          and x.size > 0 and fits(gamma, x.shape[1], x.dtype)
-          and all(fits(s, x.shape[stats_axis], np.float64) for s in stats))
+          and x.size > 0 and _fits(gamma, x.shape[1], x.dtype))
+    if ok:
+        n = x.shape[stats_axis]
+        for s in stats:
+            if not _fits(s, n, _F64):
+                ok = False
+                break
     if not ok:
         raise ValueError("cache is inconsistent (its arrays were modified or the forward "
                          "input was reshaped in place after the forward pass); run the "

@@ -71,7 +71,7 @@ def _nonfinite(a, b):
     One dot product decides the common case: a non-finite term makes the
     sum non-finite (a finite overflow only sends it to the elementwise check).
     """
-    if math.isfinite(np.dot(a, b)):     # (a dot product raises no FP warnings)
+    if math.isfinite(a.dot(b)):     # (a dot product raises no FP warnings)
         return None
     bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))
     return bad if bad.size else None
@@ -124,15 +124,15 @@ def _forward(p, bn_param, out, spatial):
     running_var = p.running_var if p.running_var is not None else np.zeros(D, x.dtype)
 
     if p.mode == "train":
-        # the kernel also does the running-statistics update (a dozen small
-        # NumPy calls were most of the time of a call on a small batch)
+        # the kernel also does the running-statistics update: on a small
+        # batch a dozen small NumPy calls would cost more than the kernel
         stats = np.empty((3, D), F64)
         new_running = np.empty((2, D), x.dtype)
         kernel = _bn.rows_forward_train if rows else _bn.chans_forward_train
         kernel(x_view, gamma, beta, p.eps, out_view, stats,
                np.ascontiguousarray(running_mean), np.ascontiguousarray(running_var),
                p.momentum, new_running, nthreads, stream)
-        mean, var, invstd = stats
+        mean, var, invstd = stats[0], stats[1], stats[2]
         bad = _nonfinite(gamma, beta)
         if p.eps == 0.0:    # a constant feature has 1/sqrt(var + eps) = inf
             bad_std = _nonfinite(invstd, invstd)
@@ -143,7 +143,7 @@ def _forward(p, bn_param, out, spatial):
                 std = np.sqrt(var + p.eps).astype(x.dtype, copy=False)
             _textbook_forward(result if staged is None else staged, x, bad, mean, std,
                               gamma, beta)
-        running_mean, running_var = new_running
+        running_mean, running_var = new_running[0], new_running[1]
     else:
         mean = running_mean.astype(F64)
         with np.errstate(divide="ignore"):

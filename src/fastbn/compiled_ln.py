@@ -12,7 +12,7 @@ import numpy as np
 from ._config import threads_for
 from ._dispatch import matching_build
 from ._layout import empty_like_order
-from ._validation import FLOAT_DTYPES, check_dout, check_layernorm_args, check_out
+from ._validation import check_cache_arrays, check_dout, check_layernorm_args, check_out
 
 _ln = matching_build("_ln")
 
@@ -93,25 +93,8 @@ def _check_cache(cache):
 
 
 def _check_cache_contents(c):
-    """The kernel indexes gamma by feature and mean/invstd by row, unchecked.
-
-    A cache's attributes are writable and ``c.x`` is the caller's array (its
-    shape can be reassigned in place), so make sure they still agree before
-    a kernel reads them: a mismatch would be an out-of-bounds read.
-    """
-    x = c.x
-    ok = (type(x) is np.ndarray and x.ndim == 2 and x.dtype in FLOAT_DTYPES
-          and x.size > 0)
-    if ok:
-        N, D = x.shape
-        ok = (type(c.gamma) is np.ndarray and c.gamma.shape == (D,)
-              and c.gamma.dtype == x.dtype and c.gamma.flags.c_contiguous
-              and all(type(a) is np.ndarray and a.shape == (N,) and a.dtype == F64
-                      and a.flags.c_contiguous for a in (c.mean, c.invstd)))
-    if not ok:
-        raise ValueError("cache is inconsistent (its arrays were modified or the forward "
-                         "input was reshaped in place after the forward pass); run the "
-                         "forward pass again")
+    """The kernel indexes gamma by feature and mean/invstd by row, unchecked."""
+    check_cache_arrays(c.x, 2, c.gamma, (c.mean, c.invstd), stats_axis=0)
 
 
 def layernorm_backward(dout, cache, dx=None):
