@@ -91,3 +91,24 @@ def test_bool_params_are_zero_and_one(backend, name):
         want, _ = call_forward(name, dict(args, gamma=mask.astype(float),
                                           beta=(~mask).astype(float), param=dict(args["param"])))
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(6,), (1, 6, 1, 1)])
+def test_group_norm_takes_integer_params_in_either_shape(backend, shape):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 3, 4))
+    gamma = np.arange(1, 7).reshape(shape)
+    beta = (np.arange(6) - 3).reshape(shape)
+    before = gamma.copy()
+    with fastbn.backend(backend):
+        got, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, 3, {})
+        want, want_cache = fastbn.spatial_groupnorm_forward(x, gamma.astype(float),
+                                                            beta.astype(float), 3, {})
+        grads = fastbn.spatial_groupnorm_backward(x, cache)
+        want_grads = fastbn.spatial_groupnorm_backward(x, want_cache)
+    np.testing.assert_array_equal(got, want)
+    for g, w in zip(grads, want_grads):
+        np.testing.assert_array_equal(g, w)
+    assert grads[1].shape == shape
+    np.testing.assert_array_equal(gamma, before)

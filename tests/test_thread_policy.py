@@ -1,7 +1,7 @@
 """One thread policy for every kernel: ``fastbn._config``.
 
-Every module that calls a kernel (batch norm, layer norm, the moments
-pieces) passes the kernel the thread count ``_config.threads_for`` gives;
+Every module that calls a kernel (batch norm, layer norm, group norm, the
+moments pieces) passes the kernel the thread count ``_config.threads_for`` gives;
 ``threadpoolctl.threadpool_limits(1)`` brings that to one thread, and
 :func:`fastbn.set_num_threads` overrides both.  The kernels are spied on, so
 the tests see the team size each call actually asked for.
@@ -11,7 +11,7 @@ import pytest
 import threadpoolctl
 
 import fastbn
-from fastbn import _config, compiled, compiled_ln, moments
+from fastbn import _config, compiled, compiled_gn, compiled_ln, moments
 
 # large enough that threads_for allows two threads (SERIAL_BELOW, MIN_PER_THREAD)
 SHAPE_2D = (512, 512)
@@ -20,19 +20,20 @@ SHAPE_4D = (8, 16, 32, 64)
 
 def _kernel_modules():
     """(owner module, attribute holding a kernel module) for every kernel caller."""
-    return [(compiled, "_bn"), (compiled_ln, "_ln"), (moments, "_moments"), (moments, "_bn")]
+    return [(compiled, "_bn"), (compiled_ln, "_ln"), (compiled_gn, "_gn"), (moments, "_moments"),
+            (moments, "_bn")]
 
 
 @pytest.fixture
 def team_sizes(monkeypatch):
-    """Every kernel call's thread-count argument, in call order."""
+    """Every kernel call's thread-count argument (its last int), in call order."""
     seen = []
 
     def spy(fn):
         def call(*args):
-            counts = [a for a in args if type(a) is int]
-            assert len(counts) == 1, f"{fn.__name__}: expected one thread-count argument"
-            seen.append((fn.__name__, counts[0]))
+            counts = [a for a in args if type(a) is int]     # (bools are not ints here)
+            assert counts, f"{fn.__name__}: no thread-count argument"
+            seen.append((fn.__name__, counts[-1]))
             return fn(*args)
         return call
 
@@ -69,7 +70,10 @@ def _every_kernel_call():
         moments.apply_affine(x, mean, invstd, gamma, beta, spatial)
         sdy, sdyx = moments.grad_sums(x, x, mean, spatial)
         moments.apply_dx(x, x, gamma, mean, invstd, sdy, sdyx, m.count, spatial=spatial)
-        if not spatial:
+        if spatial:
+            _, cache = compiled_gn.spatial_groupnorm_forward(x, gamma, beta, 4, {})
+            compiled_gn.spatial_groupnorm_backward(x, cache)
+        else:
             _, cache = compiled.layernorm_forward(x, gamma, beta, {})
             compiled.layernorm_backward(x, cache)
 
