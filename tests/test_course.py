@@ -336,10 +336,10 @@ def test_notebook_cells_run_unchanged(backend):
     if not _ints_accepted():
         pytest.skip("integer gamma is not converted yet")
     ns = {}
-    exec(compile(NOTEBOOK, "<notebook>", "exec"), ns)      # noqa: S102
+    exec(compile(NOTEBOOK, "<notebook>", "exec"), ns)
     np.testing.assert_allclose(ns["sb_means"], [6, 7, 8], atol=1e-10)
     np.testing.assert_allclose(ns["sb_stds"], [3, 4, 5], rtol=1e-4)
     np.testing.assert_allclose(ns["gn_means"], 0, atol=1e-10)
     np.testing.assert_allclose(ns["gn_stds"], 1, atol=1e-4)
-    assert ns["gn_dx_error"] < 1e-7
+    assert ns["gn_dx_error"] < 1e-6     # the notebook: "errors of magnitudes between 1e-12~1e-06"
     assert np.isfinite(ns["loss"])
