@@ -11,7 +11,7 @@ import pytest
 import threadpoolctl
 
 import fastbn
-from fastbn import _config, compiled, compiled_gn, compiled_ln, moments
+from fastbn import _config, _cpus, compiled, compiled_gn, compiled_ln, moments
 
 # large enough that threads_for allows two threads (SERIAL_BELOW, MIN_PER_THREAD)
 SHAPE_2D = (512, 512)
@@ -79,8 +79,14 @@ def _every_kernel_call():
 
 
 @pytest.fixture
-def default_threads():
-    """No set_num_threads in force (restored afterwards)."""
+def default_threads(monkeypatch):
+    """No set_num_threads in force (restored afterwards), and CPUs to spare.
+
+    The team is also capped by the CPUs other processes leave free
+    (``_cpus.free_cpus``), which on a shared machine changes from call to
+    call; the policy under test is what the settings ask for.
+    """
+    monkeypatch.setattr(_cpus, "free_cpus", lambda: 64)
     saved = _config._user_threads
     fastbn.set_num_threads(None)
     yield
