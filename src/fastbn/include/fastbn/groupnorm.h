@@ -39,7 +39,7 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <Python.h>     /* Py_ssize_t */
+#include <Python.h> /* Py_ssize_t */
 
 #if defined(_MSC_VER)
 #define FASTBN_GN_RESTRICT __restrict
@@ -67,7 +67,7 @@ typedef __m512d fastbn_gn_vd;
 #define fastbn_gn_dzero() _mm512_setzero_pd()
 #define fastbn_gn_dadd(a, b) _mm512_add_pd(a, b)
 #define fastbn_gn_lo(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
-#define fastbn_gn_hi(v) \
+#define fastbn_gn_hi(v)                                                                            \
     _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
 static inline double fastbn_gn_dsum(fastbn_gn_vd a) { return _mm512_reduce_add_pd(a); }
 #elif defined(__AVX2__)
@@ -89,7 +89,8 @@ typedef __m256d fastbn_gn_vd;
 #define fastbn_gn_dadd(a, b) _mm256_add_pd(a, b)
 #define fastbn_gn_lo(v) _mm256_cvtps_pd(_mm256_castps256_ps128(v))
 #define fastbn_gn_hi(v) _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))
-static inline double fastbn_gn_dsum(fastbn_gn_vd a) {
+static inline double fastbn_gn_dsum(fastbn_gn_vd a)
+{
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
@@ -108,14 +109,16 @@ typedef __m128d fastbn_gn_vd;
 #define fastbn_gn_dadd(a, b) _mm_add_pd(a, b)
 #define fastbn_gn_lo(v) _mm_cvtps_pd(v)
 #define fastbn_gn_hi(v) _mm_cvtps_pd(_mm_movehl_ps(v, v))
-static inline double fastbn_gn_dsum(fastbn_gn_vd a) {
+static inline double fastbn_gn_dsum(fastbn_gn_vd a)
+{
     return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
 }
 #endif
 
 /* Sums of d = p[i] - c and d^2 over a run of n floats, added into out[0..1]. */
-static inline void fastbn_gn_run_sums_f(const float* p, Py_ssize_t n, Py_ssize_t st,
-                                        float c, double* out) {
+static inline void fastbn_gn_run_sums_f(const float *p, Py_ssize_t n, Py_ssize_t st, float c,
+                                        double *out)
+{
     double s1 = 0.0, s2 = 0.0;
     Py_ssize_t i = 0;
     if (st == 1) {
@@ -156,8 +159,9 @@ static inline void fastbn_gn_run_sums_f(const float* p, Py_ssize_t n, Py_ssize_t
 }
 
 /* Sums of g = q[i] and g * (p[i] - m) over a run of n floats, into out[0..1]. */
-static inline void fastbn_gn_run_grad_f(const float* p, Py_ssize_t sp, const float* q,
-                                        Py_ssize_t sq, Py_ssize_t n, float m, double* out) {
+static inline void fastbn_gn_run_grad_f(const float *p, Py_ssize_t sp, const float *q,
+                                        Py_ssize_t sq, Py_ssize_t n, float m, double *out)
+{
     double s1 = 0.0, s2 = 0.0;
     Py_ssize_t i = 0;
     if (sp == 1 && sq == 1) {
@@ -199,15 +203,22 @@ static inline void fastbn_gn_run_grad_f(const float* p, Py_ssize_t sp, const flo
 }
 
 /* float64: the same sums in float64, four independent accumulators. */
-static inline void fastbn_gn_run_sums_d(const double* p, Py_ssize_t n, Py_ssize_t st,
-                                        double c, double* out) {
+static inline void fastbn_gn_run_sums_d(const double *p, Py_ssize_t n, Py_ssize_t st, double c,
+                                        double *out)
+{
     double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
     Py_ssize_t i = 0;
     if (st == 1) {
         for (; i + 4 <= n; i += 4) {
             double d0 = p[i] - c, d1 = p[i + 1] - c, d2 = p[i + 2] - c, d3 = p[i + 3] - c;
-            a0 += d0; a1 += d1; a2 += d2; a3 += d3;
-            b0 += d0 * d0; b1 += d1 * d1; b2 += d2 * d2; b3 += d3 * d3;
+            a0 += d0;
+            a1 += d1;
+            a2 += d2;
+            a3 += d3;
+            b0 += d0 * d0;
+            b1 += d1 * d1;
+            b2 += d2 * d2;
+            b3 += d3 * d3;
         }
     }
     for (; i < n; i++) {
@@ -219,13 +230,17 @@ static inline void fastbn_gn_run_sums_d(const double* p, Py_ssize_t n, Py_ssize_
     out[1] += (b0 + b1) + (b2 + b3);
 }
 
-static inline void fastbn_gn_run_grad_d(const double* p, Py_ssize_t sp, const double* q,
-                                        Py_ssize_t sq, Py_ssize_t n, double m, double* out) {
+static inline void fastbn_gn_run_grad_d(const double *p, Py_ssize_t sp, const double *q,
+                                        Py_ssize_t sq, Py_ssize_t n, double m, double *out)
+{
     double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, b0 = 0.0, b1 = 0.0, b2 = 0.0, b3 = 0.0;
     Py_ssize_t i = 0;
     if (sp == 1 && sq == 1) {
         for (; i + 4 <= n; i += 4) {
-            a0 += q[i]; a1 += q[i + 1]; a2 += q[i + 2]; a3 += q[i + 3];
+            a0 += q[i];
+            a1 += q[i + 1];
+            a2 += q[i + 2];
+            a3 += q[i + 3];
             b0 += q[i] * (p[i] - m);
             b1 += q[i + 1] * (p[i + 1] - m);
             b2 += q[i + 2] * (p[i + 2] - m);
@@ -241,11 +256,12 @@ static inline void fastbn_gn_run_grad_d(const double* p, Py_ssize_t sp, const do
 }
 
 /* mean, 1/sqrt(var + eps) from sums of d = x - center and d^2 over n values */
-static inline void fastbn_gn_finish(double s1, double s2, double n, double center,
-                                    double eps, double* mean, double* invstd) {
+static inline void fastbn_gn_finish(double s1, double s2, double n, double center, double eps,
+                                    double *mean, double *invstd)
+{
     double m = s1 / n;
     double v = s2 / n - m * m;
-    v = v < 0.0 ? 0.0 : v;      /* rounding only; NaN stays NaN */
+    v = v < 0.0 ? 0.0 : v; /* rounding only; NaN stays NaN */
     *mean = center + m;
     *invstd = 1.0 / sqrt(v + eps);
 }
@@ -260,221 +276,238 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
  *   dx = invstd * g - invstd^3 * sum(g * xc) / M * xc - invstd * sum(g) / M,
  * its two group sums built from per-channel sums of dout and dout * xc,
  * which also give dbeta and dgamma; dx is then one fused pass. */
-#define FASTBN_GN_DEFINE(T, SFX)                                                    \
-static inline void fastbn_gn_block_forward_##SFX(                                   \
-        const T* x, fastbn_gn_strides xs, T* y, fastbn_gn_strides ys,               \
-        Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,                                  \
-        const T* gamma, const T* beta, double eps, double* mean, double* invstd) {  \
-    double acc[2] = {0.0, 0.0};                                                     \
-    double M = (double)Cg * (double)H * (double)W, mu, inv;                         \
-    T c = x[0], m;                                                                  \
-    Py_ssize_t k, h, w;                                                             \
-    for (k = 0; k < Cg; k++)                                                        \
-        for (h = 0; h < H; h++)                                                     \
-            fastbn_gn_run_sums_##SFX(x + k * xs.c + h * xs.h, W, xs.w, c, acc);     \
-    fastbn_gn_finish(acc[0], acc[1], M, (double)c, eps, &mu, &inv);                 \
-    *mean = mu;                                                                     \
-    *invstd = inv;                                                                  \
-    m = (T)mu;                                                                      \
-    for (k = 0; k < Cg; k++) {                                                      \
-        double a = (double)gamma[k] * inv;                                          \
-        T at = (T)a, bt = (T)((double)beta[k] - (mu - (double)m) * a);              \
-        for (h = 0; h < H; h++) {                                                   \
-            const T* FASTBN_GN_RESTRICT p = x + k * xs.c + h * xs.h;                \
-            T* FASTBN_GN_RESTRICT q = y + k * ys.c + h * ys.h;                      \
-            if (xs.w == 1 && ys.w == 1) {                                           \
-                for (w = 0; w < W; w++) q[w] = (p[w] - m) * at + bt;                \
-            } else {                                                                \
-                for (w = 0; w < W; w++) q[w * ys.w] = (p[w * xs.w] - m) * at + bt;  \
-            }                                                                       \
-        }                                                                           \
-    }                                                                               \
-}                                                                                   \
-                                                                                    \
-static inline void fastbn_gn_block_backward_##SFX(                                  \
-        const T* x, fastbn_gn_strides xs, const T* dy, fastbn_gn_strides gs,        \
-        T* dx, fastbn_gn_strides ds, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,     \
-        const T* gamma, double mu, double inv, double* pdgamma, double* pdbeta) {   \
-    double M = (double)Cg * (double)H * (double)W, A = 0.0, B = 0.0, b, e;          \
-    T m = (T)mu;                                                                    \
-    Py_ssize_t k, h, w;                                                             \
-    for (k = 0; k < Cg; k++) {                                                      \
-        double acc[2] = {0.0, 0.0}, sdyx;                                           \
-        for (h = 0; h < H; h++)                                                     \
-            fastbn_gn_run_grad_##SFX(x + k * xs.c + h * xs.h, xs.w,                 \
-                                     dy + k * gs.c + h * gs.h, gs.w, W, m, acc);    \
-        sdyx = acc[1] + ((double)m - mu) * acc[0];    /* centred at the mean */    \
-        pdbeta[k] = acc[0];                                                         \
-        pdgamma[k] = sdyx * inv;                                                    \
-        A += (double)gamma[k] * acc[0];                                             \
-        B += (double)gamma[k] * sdyx;                                               \
-    }                                                                               \
-    b = -inv * inv * inv * B / M;                                                   \
-    e = -inv * A / M + b * ((double)m - mu);                                        \
-    for (k = 0; k < Cg; k++) {                                                      \
-        T ca = (T)((double)gamma[k] * inv), cb = (T)b, cc = (T)e;                   \
-        for (h = 0; h < H; h++) {                                                   \
-            const T* FASTBN_GN_RESTRICT p = x + k * xs.c + h * xs.h;                \
-            const T* FASTBN_GN_RESTRICT g = dy + k * gs.c + h * gs.h;               \
-            T* FASTBN_GN_RESTRICT r = dx + k * ds.c + h * ds.h;                     \
-            if (xs.w == 1 && gs.w == 1 && ds.w == 1) {                              \
-                for (w = 0; w < W; w++) r[w] = ca * g[w] + (cb * (p[w] - m) + cc);  \
-            } else {                                                                \
-                for (w = 0; w < W; w++)                                             \
-                    r[w * ds.w] = ca * g[w * gs.w] + (cb * (p[w * xs.w] - m) + cc); \
-            }                                                                       \
-        }                                                                           \
-    }                                                                               \
-}                                                                                   \
-                                                                                    \
-/* One sample of a channels-inner array; mean/invstd are this sample's G     \
-   entries.  Returns -1 when its work memory cannot be allocated. */               \
-static inline int fastbn_gn_sample_forward_##SFX(                                   \
-        const T* x, fastbn_gn_strides xs, T* y, fastbn_gn_strides ys,               \
-        Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t G,                     \
-        const T* gamma, const T* beta, double eps, double* mean, double* invstd) {  \
-    Py_ssize_t Cg = C / G, k, h, w, g;                                              \
-    double M = (double)Cg * (double)H * (double)W;                                  \
-    double* s = (double*)malloc(2 * C * sizeof(double));                            \
-    T* cf = (T*)malloc(3 * C * sizeof(T));                                          \
-    if (s == NULL || cf == NULL) { free(s); free(cf); return -1; }                  \
-    {                                                                               \
-    double* FASTBN_GN_RESTRICT s1 = s;                                              \
-    double* FASTBN_GN_RESTRICT s2 = s + C;                                          \
-    T* FASTBN_GN_RESTRICT cm = cf;            /* per channel: its group's shift, */ \
-    T* FASTBN_GN_RESTRICT ca = cf + C;        /* then its group's mean in T */     \
-    T* FASTBN_GN_RESTRICT cb = cf + 2 * C;                                          \
-    for (k = 0; k < C; k++) {                                                       \
-        cm[k] = x[(k / Cg) * Cg * xs.c];                                            \
-        s1[k] = 0.0;                                                                \
-        s2[k] = 0.0;                                                                \
-    }                                                                               \
-    for (h = 0; h < H; h++)                                                         \
-        for (w = 0; w < W; w++) {                                                   \
-            const T* p = x + h * xs.h + w * xs.w;                                   \
-            if (xs.c == 1) {                                                        \
-                for (k = 0; k < C; k++) {                                           \
-                    double d = (double)(p[k] - cm[k]);                              \
-                    s1[k] += d;                                                     \
-                    s2[k] += d * d;                                                 \
-                }                                                                   \
-            } else {                                                                \
-                for (k = 0; k < C; k++) {                                           \
-                    double d = (double)(p[k * xs.c] - cm[k]);                       \
-                    s1[k] += d;                                                     \
-                    s2[k] += d * d;                                                 \
-                }                                                                   \
-            }                                                                       \
-        }                                                                           \
-    for (g = 0; g < G; g++) {                                                       \
-        double t1 = 0.0, t2 = 0.0, mu, inv;                                         \
-        T m;                                                                        \
-        for (k = g * Cg; k < (g + 1) * Cg; k++) { t1 += s1[k]; t2 += s2[k]; }       \
-        fastbn_gn_finish(t1, t2, M, (double)cm[g * Cg], eps, &mu, &inv);            \
-        mean[g] = mu;                                                               \
-        invstd[g] = inv;                                                            \
-        m = (T)mu;                                                                  \
-        for (k = g * Cg; k < (g + 1) * Cg; k++) {                                   \
-            double a = (double)gamma[k] * inv;                                      \
-            cm[k] = m;                                                              \
-            ca[k] = (T)a;                                                           \
-            cb[k] = (T)((double)beta[k] - (mu - (double)m) * a);                    \
-        }                                                                           \
-    }                                                                               \
-    for (h = 0; h < H; h++)                                                         \
-        for (w = 0; w < W; w++) {                                                   \
-            const T* p = x + h * xs.h + w * xs.w;                                   \
-            T* q = y + h * ys.h + w * ys.w;                                         \
-            if (xs.c == 1 && ys.c == 1) {                                           \
-                for (k = 0; k < C; k++) q[k] = (p[k] - cm[k]) * ca[k] + cb[k];      \
-            } else {                                                                \
-                for (k = 0; k < C; k++)                                             \
-                    q[k * ys.c] = (p[k * xs.c] - cm[k]) * ca[k] + cb[k];            \
-            }                                                                       \
-        }                                                                           \
-    }                                                                               \
-    free(s);                                                                        \
-    free(cf);                                                                       \
-    return 0;                                                                       \
-}                                                                                   \
-                                                                                    \
-static inline int fastbn_gn_sample_backward_##SFX(                                  \
-        const T* x, fastbn_gn_strides xs, const T* dy, fastbn_gn_strides gs,        \
-        T* dx, fastbn_gn_strides ds, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,      \
-        Py_ssize_t G, const T* gamma, const double* mean, const double* invstd,     \
-        double* pdgamma, double* pdbeta) {                                          \
-    Py_ssize_t Cg = C / G, k, h, w, g;                                              \
-    double M = (double)Cg * (double)H * (double)W;                                  \
-    double* s = (double*)malloc(2 * C * sizeof(double));                            \
-    T* cf = (T*)malloc(4 * C * sizeof(T));                                          \
-    if (s == NULL || cf == NULL) { free(s); free(cf); return -1; }                  \
-    {                                                                               \
-    double* FASTBN_GN_RESTRICT sg = s;                                              \
-    double* FASTBN_GN_RESTRICT sgx = s + C;                                         \
-    T* FASTBN_GN_RESTRICT cm = cf;                                                  \
-    T* FASTBN_GN_RESTRICT ca = cf + C;                                              \
-    T* FASTBN_GN_RESTRICT cb = cf + 2 * C;                                          \
-    T* FASTBN_GN_RESTRICT cc = cf + 3 * C;                                          \
-    for (k = 0; k < C; k++) {                                                       \
-        cm[k] = (T)mean[k / Cg];                                                    \
-        sg[k] = 0.0;                                                                \
-        sgx[k] = 0.0;                                                               \
-    }                                                                               \
-    for (h = 0; h < H; h++)                                                         \
-        for (w = 0; w < W; w++) {                                                   \
-            const T* p = x + h * xs.h + w * xs.w;                                   \
-            const T* q = dy + h * gs.h + w * gs.w;                                  \
-            if (xs.c == 1 && gs.c == 1) {                                           \
-                for (k = 0; k < C; k++) {                                           \
-                    sg[k] += (double)q[k];                                          \
-                    sgx[k] += (double)q[k] * (double)(p[k] - cm[k]);                \
-                }                                                                   \
-            } else {                                                                \
-                for (k = 0; k < C; k++) {                                           \
-                    sg[k] += (double)q[k * gs.c];                                   \
-                    sgx[k] += (double)q[k * gs.c] * (double)(p[k * xs.c] - cm[k]);  \
-                }                                                                   \
-            }                                                                       \
-        }                                                                           \
-    for (g = 0; g < G; g++) {                                                       \
-        double mu = mean[g], inv = invstd[g], A = 0.0, B = 0.0, b, e;               \
-        double dm = (double)cm[g * Cg] - mu;                                        \
-        for (k = g * Cg; k < (g + 1) * Cg; k++) {                                   \
-            double sdyx = sgx[k] + dm * sg[k];        /* centred at the mean */    \
-            pdbeta[k] = sg[k];                                                      \
-            pdgamma[k] = sdyx * inv;                                                \
-            A += (double)gamma[k] * sg[k];                                          \
-            B += (double)gamma[k] * sdyx;                                           \
-        }                                                                           \
-        b = -inv * inv * inv * B / M;                                               \
-        e = -inv * A / M + b * dm;                                                  \
-        for (k = g * Cg; k < (g + 1) * Cg; k++) {                                   \
-            ca[k] = (T)((double)gamma[k] * inv);                                    \
-            cb[k] = (T)b;                                                           \
-            cc[k] = (T)e;                                                           \
-        }                                                                           \
-    }                                                                               \
-    for (h = 0; h < H; h++)                                                         \
-        for (w = 0; w < W; w++) {                                                   \
-            const T* p = x + h * xs.h + w * xs.w;                                   \
-            const T* q = dy + h * gs.h + w * gs.w;                                  \
-            T* r = dx + h * ds.h + w * ds.w;                                        \
-            if (xs.c == 1 && gs.c == 1 && ds.c == 1) {                              \
-                for (k = 0; k < C; k++)                                             \
-                    r[k] = ca[k] * q[k] + (cb[k] * (p[k] - cm[k]) + cc[k]);         \
-            } else {                                                                \
-                for (k = 0; k < C; k++)                                             \
-                    r[k * ds.c] = ca[k] * q[k * gs.c]                               \
-                                  + (cb[k] * (p[k * xs.c] - cm[k]) + cc[k]);        \
-            }                                                                       \
-        }                                                                           \
-    }                                                                               \
-    free(s);                                                                        \
-    free(cf);                                                                       \
-    return 0;                                                                       \
-}
+#define FASTBN_GN_DEFINE(T, SFX)                                                                   \
+    static inline void fastbn_gn_block_forward_##SFX(                                              \
+        const T *x, fastbn_gn_strides xs, T *y, fastbn_gn_strides ys, Py_ssize_t Cg, Py_ssize_t H, \
+        Py_ssize_t W, const T *gamma, const T *beta, double eps, double *mean, double *invstd)     \
+    {                                                                                              \
+        double acc[2] = {0.0, 0.0};                                                                \
+        double M = (double)Cg * (double)H * (double)W, mu, inv;                                    \
+        T c = x[0], m;                                                                             \
+        Py_ssize_t k, h, w;                                                                        \
+        for (k = 0; k < Cg; k++)                                                                   \
+            for (h = 0; h < H; h++)                                                                \
+                fastbn_gn_run_sums_##SFX(x + k * xs.c + h * xs.h, W, xs.w, c, acc);                \
+        fastbn_gn_finish(acc[0], acc[1], M, (double)c, eps, &mu, &inv);                            \
+        *mean = mu;                                                                                \
+        *invstd = inv;                                                                             \
+        m = (T)mu;                                                                                 \
+        for (k = 0; k < Cg; k++) {                                                                 \
+            double a = (double)gamma[k] * inv;                                                     \
+            T at = (T)a, bt = (T)((double)beta[k] - (mu - (double)m) * a);                         \
+            for (h = 0; h < H; h++) {                                                              \
+                const T *FASTBN_GN_RESTRICT p = x + k * xs.c + h * xs.h;                           \
+                T *FASTBN_GN_RESTRICT q = y + k * ys.c + h * ys.h;                                 \
+                if (xs.w == 1 && ys.w == 1) {                                                      \
+                    for (w = 0; w < W; w++)                                                        \
+                        q[w] = (p[w] - m) * at + bt;                                               \
+                } else {                                                                           \
+                    for (w = 0; w < W; w++)                                                        \
+                        q[w * ys.w] = (p[w * xs.w] - m) * at + bt;                                 \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    static inline void fastbn_gn_block_backward_##SFX(                                             \
+        const T *x, fastbn_gn_strides xs, const T *dy, fastbn_gn_strides gs, T *dx,                \
+        fastbn_gn_strides ds, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, const T *gamma,           \
+        double mu, double inv, double *pdgamma, double *pdbeta)                                    \
+    {                                                                                              \
+        double M = (double)Cg * (double)H * (double)W, A = 0.0, B = 0.0, b, e;                     \
+        T m = (T)mu;                                                                               \
+        Py_ssize_t k, h, w;                                                                        \
+        for (k = 0; k < Cg; k++) {                                                                 \
+            double acc[2] = {0.0, 0.0}, sdyx;                                                      \
+            for (h = 0; h < H; h++)                                                                \
+                fastbn_gn_run_grad_##SFX(x + k * xs.c + h * xs.h, xs.w, dy + k * gs.c + h * gs.h,  \
+                                         gs.w, W, m, acc);                                         \
+            sdyx = acc[1] + ((double)m - mu) * acc[0]; /* centred at the mean */                   \
+            pdbeta[k] = acc[0];                                                                    \
+            pdgamma[k] = sdyx * inv;                                                               \
+            A += (double)gamma[k] * acc[0];                                                        \
+            B += (double)gamma[k] * sdyx;                                                          \
+        }                                                                                          \
+        b = -inv * inv * inv * B / M;                                                              \
+        e = -inv * A / M + b * ((double)m - mu);                                                   \
+        for (k = 0; k < Cg; k++) {                                                                 \
+            T ca = (T)((double)gamma[k] * inv), cb = (T)b, cc = (T)e;                              \
+            for (h = 0; h < H; h++) {                                                              \
+                const T *FASTBN_GN_RESTRICT p = x + k * xs.c + h * xs.h;                           \
+                const T *FASTBN_GN_RESTRICT g = dy + k * gs.c + h * gs.h;                          \
+                T *FASTBN_GN_RESTRICT r = dx + k * ds.c + h * ds.h;                                \
+                if (xs.w == 1 && gs.w == 1 && ds.w == 1) {                                         \
+                    for (w = 0; w < W; w++)                                                        \
+                        r[w] = ca * g[w] + (cb * (p[w] - m) + cc);                                 \
+                } else {                                                                           \
+                    for (w = 0; w < W; w++)                                                        \
+                        r[w * ds.w] = ca * g[w * gs.w] + (cb * (p[w * xs.w] - m) + cc);            \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+                                                                                                   \
+    /* One sample of a channels-inner array; mean/invstd are this sample's G     \
+   entries.  Returns -1 when its work memory cannot be allocated. */                 \
+    static inline int fastbn_gn_sample_forward_##SFX(                                              \
+        const T *x, fastbn_gn_strides xs, T *y, fastbn_gn_strides ys, Py_ssize_t C, Py_ssize_t H,  \
+        Py_ssize_t W, Py_ssize_t G, const T *gamma, const T *beta, double eps, double *mean,       \
+        double *invstd)                                                                            \
+    {                                                                                              \
+        Py_ssize_t Cg = C / G, k, h, w, g;                                                         \
+        double M = (double)Cg * (double)H * (double)W;                                             \
+        double *s = (double *)malloc(2 * C * sizeof(double));                                      \
+        T *cf = (T *)malloc(3 * C * sizeof(T));                                                    \
+        if (s == NULL || cf == NULL) {                                                             \
+            free(s);                                                                               \
+            free(cf);                                                                              \
+            return -1;                                                                             \
+        }                                                                                          \
+        {                                                                                          \
+            double *FASTBN_GN_RESTRICT s1 = s;                                                     \
+            double *FASTBN_GN_RESTRICT s2 = s + C;                                                 \
+            T *FASTBN_GN_RESTRICT cm = cf;     /* per channel: its group's shift, */               \
+            T *FASTBN_GN_RESTRICT ca = cf + C; /* then its group's mean in T */                    \
+            T *FASTBN_GN_RESTRICT cb = cf + 2 * C;                                                 \
+            for (k = 0; k < C; k++) {                                                              \
+                cm[k] = x[(k / Cg) * Cg * xs.c];                                                   \
+                s1[k] = 0.0;                                                                       \
+                s2[k] = 0.0;                                                                       \
+            }                                                                                      \
+            for (h = 0; h < H; h++)                                                                \
+                for (w = 0; w < W; w++) {                                                          \
+                    const T *p = x + h * xs.h + w * xs.w;                                          \
+                    if (xs.c == 1) {                                                               \
+                        for (k = 0; k < C; k++) {                                                  \
+                            double d = (double)(p[k] - cm[k]);                                     \
+                            s1[k] += d;                                                            \
+                            s2[k] += d * d;                                                        \
+                        }                                                                          \
+                    } else {                                                                       \
+                        for (k = 0; k < C; k++) {                                                  \
+                            double d = (double)(p[k * xs.c] - cm[k]);                              \
+                            s1[k] += d;                                                            \
+                            s2[k] += d * d;                                                        \
+                        }                                                                          \
+                    }                                                                              \
+                }                                                                                  \
+            for (g = 0; g < G; g++) {                                                              \
+                double t1 = 0.0, t2 = 0.0, mu, inv;                                                \
+                T m;                                                                               \
+                for (k = g * Cg; k < (g + 1) * Cg; k++) {                                          \
+                    t1 += s1[k];                                                                   \
+                    t2 += s2[k];                                                                   \
+                }                                                                                  \
+                fastbn_gn_finish(t1, t2, M, (double)cm[g * Cg], eps, &mu, &inv);                   \
+                mean[g] = mu;                                                                      \
+                invstd[g] = inv;                                                                   \
+                m = (T)mu;                                                                         \
+                for (k = g * Cg; k < (g + 1) * Cg; k++) {                                          \
+                    double a = (double)gamma[k] * inv;                                             \
+                    cm[k] = m;                                                                     \
+                    ca[k] = (T)a;                                                                  \
+                    cb[k] = (T)((double)beta[k] - (mu - (double)m) * a);                           \
+                }                                                                                  \
+            }                                                                                      \
+            for (h = 0; h < H; h++)                                                                \
+                for (w = 0; w < W; w++) {                                                          \
+                    const T *p = x + h * xs.h + w * xs.w;                                          \
+                    T *q = y + h * ys.h + w * ys.w;                                                \
+                    if (xs.c == 1 && ys.c == 1) {                                                  \
+                        for (k = 0; k < C; k++)                                                    \
+                            q[k] = (p[k] - cm[k]) * ca[k] + cb[k];                                 \
+                    } else {                                                                       \
+                        for (k = 0; k < C; k++)                                                    \
+                            q[k * ys.c] = (p[k * xs.c] - cm[k]) * ca[k] + cb[k];                   \
+                    }                                                                              \
+                }                                                                                  \
+        }                                                                                          \
+        free(s);                                                                                   \
+        free(cf);                                                                                  \
+        return 0;                                                                                  \
+    }                                                                                              \
+                                                                                                   \
+    static inline int fastbn_gn_sample_backward_##SFX(                                             \
+        const T *x, fastbn_gn_strides xs, const T *dy, fastbn_gn_strides gs, T *dx,                \
+        fastbn_gn_strides ds, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t G,              \
+        const T *gamma, const double *mean, const double *invstd, double *pdgamma, double *pdbeta) \
+    {                                                                                              \
+        Py_ssize_t Cg = C / G, k, h, w, g;                                                         \
+        double M = (double)Cg * (double)H * (double)W;                                             \
+        double *s = (double *)malloc(2 * C * sizeof(double));                                      \
+        T *cf = (T *)malloc(4 * C * sizeof(T));                                                    \
+        if (s == NULL || cf == NULL) {                                                             \
+            free(s);                                                                               \
+            free(cf);                                                                              \
+            return -1;                                                                             \
+        }                                                                                          \
+        {                                                                                          \
+            double *FASTBN_GN_RESTRICT sg = s;                                                     \
+            double *FASTBN_GN_RESTRICT sgx = s + C;                                                \
+            T *FASTBN_GN_RESTRICT cm = cf;                                                         \
+            T *FASTBN_GN_RESTRICT ca = cf + C;                                                     \
+            T *FASTBN_GN_RESTRICT cb = cf + 2 * C;                                                 \
+            T *FASTBN_GN_RESTRICT cc = cf + 3 * C;                                                 \
+            for (k = 0; k < C; k++) {                                                              \
+                cm[k] = (T)mean[k / Cg];                                                           \
+                sg[k] = 0.0;                                                                       \
+                sgx[k] = 0.0;                                                                      \
+            }                                                                                      \
+            for (h = 0; h < H; h++)                                                                \
+                for (w = 0; w < W; w++) {                                                          \
+                    const T *p = x + h * xs.h + w * xs.w;                                          \
+                    const T *q = dy + h * gs.h + w * gs.w;                                         \
+                    if (xs.c == 1 && gs.c == 1) {                                                  \
+                        for (k = 0; k < C; k++) {                                                  \
+                            sg[k] += (double)q[k];                                                 \
+                            sgx[k] += (double)q[k] * (double)(p[k] - cm[k]);                       \
+                        }                                                                          \
+                    } else {                                                                       \
+                        for (k = 0; k < C; k++) {                                                  \
+                            sg[k] += (double)q[k * gs.c];                                          \
+                            sgx[k] += (double)q[k * gs.c] * (double)(p[k * xs.c] - cm[k]);         \
+                        }                                                                          \
+                    }                                                                              \
+                }                                                                                  \
+            for (g = 0; g < G; g++) {                                                              \
+                double mu = mean[g], inv = invstd[g], A = 0.0, B = 0.0, b, e;                      \
+                double dm = (double)cm[g * Cg] - mu;                                               \
+                for (k = g * Cg; k < (g + 1) * Cg; k++) {                                          \
+                    double sdyx = sgx[k] + dm * sg[k]; /* centred at the mean */                   \
+                    pdbeta[k] = sg[k];                                                             \
+                    pdgamma[k] = sdyx * inv;                                                       \
+                    A += (double)gamma[k] * sg[k];                                                 \
+                    B += (double)gamma[k] * sdyx;                                                  \
+                }                                                                                  \
+                b = -inv * inv * inv * B / M;                                                      \
+                e = -inv * A / M + b * dm;                                                         \
+                for (k = g * Cg; k < (g + 1) * Cg; k++) {                                          \
+                    ca[k] = (T)((double)gamma[k] * inv);                                           \
+                    cb[k] = (T)b;                                                                  \
+                    cc[k] = (T)e;                                                                  \
+                }                                                                                  \
+            }                                                                                      \
+            for (h = 0; h < H; h++)                                                                \
+                for (w = 0; w < W; w++) {                                                          \
+                    const T *p = x + h * xs.h + w * xs.w;                                          \
+                    const T *q = dy + h * gs.h + w * gs.w;                                         \
+                    T *r = dx + h * ds.h + w * ds.w;                                               \
+                    if (xs.c == 1 && gs.c == 1 && ds.c == 1) {                                     \
+                        for (k = 0; k < C; k++)                                                    \
+                            r[k] = ca[k] * q[k] + (cb[k] * (p[k] - cm[k]) + cc[k]);                \
+                    } else {                                                                       \
+                        for (k = 0; k < C; k++)                                                    \
+                            r[k * ds.c] =                                                          \
+                                ca[k] * q[k * gs.c] + (cb[k] * (p[k * xs.c] - cm[k]) + cc[k]);     \
+                    }                                                                              \
+                }                                                                                  \
+        }                                                                                          \
+        free(s);                                                                                   \
+        free(cf);                                                                                  \
+        return 0;                                                                                  \
+    }
 
 FASTBN_GN_DEFINE(float, f)
 FASTBN_GN_DEFINE(double, d)
 
-#endif  /* FASTBN_GROUPNORM_H */
+#endif /* FASTBN_GROUPNORM_H */
