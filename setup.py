@@ -19,23 +19,60 @@ UNIX_OPT = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
             "-fassociative-math"]
 
 
-def _compiler_has_openmp(compiler, flags):
-    """Try to compile and link a tiny OpenMP program."""
+def _compiler_has_openmp(compiler, compile_flags, link_flags):
+    """Compile and link a tiny OpenMP shared object the way the extensions are.
+
+    The object is linked by the same command that links the extensions (which
+    carries ``CFLAGS`` and ``LDFLAGS``, e.g. ``-fsanitize=address``), so flags
+    that need their own runtime do not make the probe fail where the real
+    build would work.  Returns ``(ok, reason)``.
+    """
     src = textwrap.dedent("""
         #include <omp.h>
-        int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+        int fastbn_omp_probe(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n + omp_get_max_threads();
+        }
     """)
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "omp_test.c")
+        path = os.path.join(tmp, "omp_probe.c")
         with open(path, "w") as f:
             f.write(src)
         try:
-            objs = compiler.compile([path], output_dir=tmp, extra_postargs=flags)
-            compiler.link_executable(objs, os.path.join(tmp, "omp_test"),
-                                     extra_postargs=flags)
-        except Exception:
-            return False
-    return True
+            objs = compiler.compile([path], output_dir=tmp, extra_postargs=compile_flags)
+            compiler.link_shared_object(objs, os.path.join(tmp, "omp_probe.so"),
+                                        extra_postargs=link_flags)
+        except Exception as exc:  # noqa: BLE001 - CompileError, LinkError, CalledProcessError
+            return False, str(exc) or type(exc).__name__
+    return True, ""
+
+
+def _openmp_link_flags(default):
+    """Link flags for the OpenMP runtime.
+
+    ``FASTBN_LIBOMP_DIR`` names a directory holding LLVM's ``libomp.so``: the
+    kernels are still compiled by the same compiler with ``-fopenmp`` (GCC's
+    code calls the ``GOMP_*`` entry points, which libomp exports) but linked
+    against libomp instead of libgomp.  The release wheels do this, because
+    libomp re-creates its threads in a forked child and can be built for old
+    glibc.
+    """
+    libomp_dir = os.environ.get("FASTBN_LIBOMP_DIR", "")
+    if not libomp_dir:
+        return default
+    if not os.path.exists(os.path.join(libomp_dir, "libomp.so")):
+        sys.exit(f"fastbn: FASTBN_LIBOMP_DIR={libomp_dir!r} holds no libomp.so")
+    return [f"-L{libomp_dir}", "-lomp"]
+
+
+# FASTBN_PY_LIMITED_API=cp311 builds every module for the stable ABI of
+# CPython 3.11+ (one cp311-abi3 wheel for all later versions).  Cython needs
+# 3.11's limited API for buffers (Py_buffer), so cp311 is the oldest tag.
+LIMITED_API = os.environ.get("FASTBN_PY_LIMITED_API", "")
+if LIMITED_API and LIMITED_API != "cp311":
+    sys.exit(f"fastbn: FASTBN_PY_LIMITED_API must be 'cp311' (or empty), got {LIMITED_API!r}")
 
 
 # Kernel modules compiled a second time for x86-64 CPUs with AVX2 and FMA
@@ -81,10 +118,19 @@ class BuildExt(build_ext):
             opt, omp_c, omp_l = list(UNIX_OPT), ["-fopenmp"], ["-fopenmp"]
             if sys.platform == "darwin":
                 omp_c, omp_l = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
-        use_omp = os.environ.get("FASTBN_DISABLE_OPENMP", "") in ("", "0") and \
-            _compiler_has_openmp(self.compiler, omp_c + omp_l)
+        omp_l = _openmp_link_flags(omp_l)
+        use_omp = os.environ.get("FASTBN_DISABLE_OPENMP", "") in ("", "0")
+        if use_omp:
+            use_omp, why = _compiler_has_openmp(self.compiler, omp_c, omp_l)
+            if not use_omp:
+                msg = ("fastbn: WARNING: the OpenMP probe failed to compile and link with "
+                       f"{' '.join(omp_c + omp_l)} (plus CFLAGS/LDFLAGS): {why}")
+                if os.environ.get("FASTBN_REQUIRE_OPENMP", "") not in ("", "0"):
+                    sys.exit(msg + "\nfastbn: FASTBN_REQUIRE_OPENMP is set: stopping")
+                print(msg, file=sys.stderr)
         if not use_omp:
-            print("fastbn: building WITHOUT OpenMP (kernels run serially)")
+            print("fastbn: WARNING: building WITHOUT OpenMP (kernels run serially)",
+                  file=sys.stderr)
         for ext in self.extensions:
             ext.extra_compile_args = opt + (omp_c if use_omp else []) + ext.extra_compile_args
             ext.extra_link_args = (omp_l if use_omp else []) + ext.extra_link_args
@@ -119,12 +165,16 @@ class BuildExt(build_ext):
 
 
 def _ext(name):
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    if LIMITED_API:
+        macros.append(("Py_LIMITED_API", "0x030B0000"))
     return Extension(
         f"fastbn.{name}",
         [f"src/fastbn/{name}.pyx"],
         depends=glob.glob("src/fastbn/*.pxd") + glob.glob("src/fastbn/include/fastbn/*.h"),
         include_dirs=[np.get_include(), "src/fastbn/include"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=macros,
+        py_limited_api=bool(LIMITED_API),
     )
 
 
@@ -144,4 +194,5 @@ setup(
         },
     ),
     cmdclass={"build_ext": BuildExt},
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API}} if LIMITED_API else {},
 )
