@@ -6,15 +6,19 @@ threadpoolctl's ``threadpool_limits``).  Small inputs always run on one
 thread: starting a team costs more than it saves below ~128k elements.
 
 A process made by ``fork()`` (``os.fork``, ``multiprocessing``'s ``fork``
-start method) runs the kernels on one thread.  GNU libgomp keeps its thread
-pool in process memory but ``fork()`` copies only the calling thread, so the
-child's first parallel region would wait forever for workers that do not
-exist.  ``forkserver`` and ``spawn`` children start a fresh runtime and get
-their full thread count.
+start method) runs the kernels on one thread when they run on GNU libgomp.
+libgomp keeps its thread pool in process memory but ``fork()`` copies only
+the calling thread, so the child's first parallel region would wait forever
+for workers that do not exist.  LLVM's libomp (the release wheels' runtime)
+starts a new pool in the child, which keeps its thread count
+(:mod:`fastbn._openmp_runtime`).  ``forkserver`` and ``spawn`` children start
+a fresh runtime and get their full thread count.
 """
 import os
 
-from . import _cpus, _threads
+from . import _cpus, _openmp_runtime, _threads
+
+_openmp_runtime.check_no_duplicate()
 
 # Waking an OpenMP team costs ~10 us on a quiet machine and far more on a busy
 # one (a thread that is descheduled stalls the barrier), while a 100x500 batch
@@ -46,7 +50,7 @@ _forked = False
 
 def _after_fork_in_child():
     global _forked
-    _forked = True
+    _forked = not _openmp_runtime.fork_keeps_threads()
 
 
 if hasattr(os, "register_at_fork"):
