@@ -9,7 +9,6 @@ under a timeout (an abort or a hang must fail the test, not the suite).
 """
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -121,9 +120,22 @@ def test_runtime_is_known():
 @pytest.mark.skipif(_openmp_runtime.RUNTIME_FAMILY != "llvm",
                     reason="fastbn runs on GNU libgomp here: no second libomp can clash")
 def test_second_libomp_gives_importerror_not_abort(tmp_path):
-    # a second, distinct copy of the runtime, started before fastbn is imported
+    # a second, distinct copy of the runtime, started before fastbn is imported; its
+    # SONAME changed (same length), or the loader would hand fastbn that same copy
     other = tmp_path / "libomp-other.so"
-    shutil.copy(_openmp_runtime.RUNTIME_PATH, other)
+    name = os.path.basename(_openmp_runtime.RUNTIME_PATH).encode()
+    with open(_openmp_runtime.RUNTIME_PATH, "rb") as f:
+        data = f.read()
+    assert data.count(name) == 1, "the SONAME string is not unique in the library"
+    other.write_bytes(data.replace(name, b"X" + name[1:]))
+    # control: the two copies, both started, abort the process (what fastbn prevents)
+    control = textwrap.dedent(f"""
+        import ctypes
+        ctypes.CDLL({str(other)!r}).omp_get_max_threads()
+        ctypes.CDLL({_openmp_runtime.RUNTIME_PATH!r}).omp_get_max_threads()
+    """)
+    rc, out, err = _run(control, env={"KMP_DUPLICATE_LIB_OK": ""})
+    assert rc != 0 and "Error #15" in err, (rc, err[-2000:])
     code = textwrap.dedent(f"""
         import ctypes
         import numpy as np
