@@ -332,6 +332,9 @@ make_chroot() {
         mv "$root.tmp" "$root"
     fi
     cp /etc/resolv.conf "$root/etc/resolv.conf"
+    # the host's CA bundle: PyPI may be reached through a proxy with its own CA
+    local ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+    [ -f "$ca" ] && mkdir -p "$root/etc/ssl/certs" && cp "$ca" "$root/etc/ssl/certs/host-ca-certificates.crt"
     mkdir -p "$CACHE/pip-cache" "$root/root/.cache/pip"
     local m src
     for m in proc dev dev/shm root/.cache/pip; do
@@ -359,6 +362,8 @@ test_in_chroot() {
     cp -r "$HERE/tests" "$job/tests"
     mkdir "$job/run"
     local IN=(chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8)
+    [ -f "$root/etc/ssl/certs/host-ca-certificates.crt" ] \
+        && IN+=(PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt)
     glibc="$("${IN[@]}" ldd --version | head -1 | grep -o '[0-9.]*$')"
     v="$("${IN[@]}" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     say "$tag: Debian $suite chroot (glibc $glibc, CPython $v)"
