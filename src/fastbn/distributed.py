@@ -247,9 +247,9 @@ def _agree(comm, call, fields=None, error=None):
     # (the calls differ: the message may not name this process's call)
     where, what = ("fastbn.distributed", "calls") if "call" in differing else (name, "arguments")
     raise RankMismatchError(
-        f"{where}: the {size} ranks of the communicator disagree on their {what} "
-        f"(every rank must make the same collective calls with the same D, dtype "
-        f"and bn_param): " + " | ".join(parts), differing)
+        f"{where}: the {size} ranks of the communicator disagree on their {what}: "
+        + " | ".join(parts) + " (every rank must make the same collective calls, with "
+        "the same D, dtype and bn_param)", differing)
 
 
 def _collective(comm, method, *args, **kwargs):
