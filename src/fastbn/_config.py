@@ -6,11 +6,11 @@ threadpoolctl's ``threadpool_limits``).  Small inputs always run on one
 thread: starting a team costs more than it saves below ~128k elements.
 
 A process made by ``fork()`` (``os.fork``, ``multiprocessing``'s ``fork``
-start method) runs the kernels on one thread when they run on GNU libgomp.
+start method) runs the kernels on one thread.  GNU
 libgomp keeps its thread pool in process memory but ``fork()`` copies only
 the calling thread, so the child's first parallel region would wait forever
-for workers that do not exist.  LLVM's libomp (the release wheels' runtime)
-starts a new pool in the child, which keeps its thread count
+for workers that do not exist; with LLVM's libomp (the release wheels' runtime)
+a child of a fork pool can hang too, so it also runs serially
 (:mod:`fastbn._openmp_runtime`).  ``forkserver`` and ``spawn`` children start
 a fresh runtime and get their full thread count.
 """

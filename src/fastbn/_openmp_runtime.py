@@ -3,10 +3,10 @@
 The release wheels bundle LLVM's libomp; a build from source links the
 compiler's runtime (GNU libgomp with GCC).  Two facts depend on which:
 
-* **fork()**: libomp re-creates its thread pool in a forked child (it installs
-  a ``pthread_atfork`` child handler), so a child keeps parallel kernels;
-  libgomp's pool does not survive ``fork()``, so :mod:`fastbn._config` runs a
-  forked child's kernels on one thread.
+* **fork()**: libgomp's pool does not survive ``fork()``; libomp re-creates
+  its pool in a forked child (a ``pthread_atfork`` handler) but a child of a
+  ``multiprocessing`` fork pool can still hang, so :mod:`fastbn._config` runs
+  a forked child's kernels on one thread with either (:func:`fork_keeps_threads`).
 * **a second copy of libomp**: libomp registers itself per process and aborts
   the process (``OMP: Error #15``) when it finds another live copy of the LLVM
   or Intel runtime (``libomp``, ``libiomp5``) already registered.  libgomp
@@ -72,8 +72,15 @@ RUNTIME_PATH, RUNTIME_FAMILY = _find_runtime()
 
 
 def fork_keeps_threads():
-    """True when a forked child may run parallel kernels (LLVM/Intel runtime)."""
-    return RUNTIME_FAMILY == "llvm"
+    """True when a forked child may run parallel kernels.
+
+    False for every runtime: libgomp's child would hang in its first parallel
+    region, and a libomp child made by a ``multiprocessing`` fork pool was
+    seen to hang too (glibc 2.31, CPython 3.9), so until that is understood
+    every forked child runs serially.  ``RUNTIME_FAMILY == "llvm"`` is the
+    condition to restore once it is.
+    """
+    return False
 
 
 def _registration():
