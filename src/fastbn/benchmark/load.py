@@ -5,15 +5,18 @@ process may use; it is started and stopped here.  Each case is timed for a
 fixed wall time quiet, then with the hog running, and the report gives the
 median and the slowest call of each, and the loaded/quiet median ratio.
 On a machine already shared with other jobs "quiet" only means "without
-this hog".
+this hog".  The last column gives the threads the kernels chose for a
+call of the case's size at the end of each phase (:func:`fastbn._config.threads_for`).
 """
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
 
+from .._config import threads_for
 from .cases import Case, implementations
 from .machine import header, kernel_build, machine
 
@@ -56,7 +59,8 @@ def time_for(fn, seconds):
 
 
 def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, threads=None):
-    """Per case: quiet and loaded single-call times (seconds)."""
+    """Per case: quiet and loaded single-call times (seconds), and the
+    threads a call of its size was given at the end of each phase."""
     import fastbn
     saved = fastbn.get_num_threads() if threads is not None else None
     if threads is not None:
@@ -71,6 +75,8 @@ def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, thre
                     time.sleep(0.2)            # let the hog take its core
                 for c, fn in fns.items():
                     out[c][phase] = time_for(fn, seconds)
+                    # the team the kernels chose at the end of the phase
+                    out[c][phase + "_threads"] = threads_for(math.prod(c.shape))
             finally:
                 if hog is not None:
                     stop_hog(hog)
@@ -92,6 +98,7 @@ def run_under_load(threads=None, json_path=None, seconds=2.0, direction="backwar
                                   "n": len(q)},
                      "loaded_ms": {"median": 1e3 * statistics.median(lo), "max": 1e3 * max(lo),
                                    "n": len(lo)},
+                     "threads": {"quiet": t["quiet_threads"], "loaded": t["loaded_threads"]},
                      "loaded_over_quiet": statistics.median(lo) / statistics.median(q)})
     result = {"fastbn_version": fastbn.__version__, "kernels": kernel_build(),
               "threads": threads or fastbn.get_num_threads(), "torch_version": None,
@@ -100,12 +107,13 @@ def run_under_load(threads=None, json_path=None, seconds=2.0, direction="backwar
     print(f"fastbn {direction}, {seconds:g} s of calls per case quiet, then with a busy "
           "loop pinned to one CPU (started and stopped here)")
     print("| case | quiet median ms | quiet max ms | loaded median ms | loaded max ms "
-          "| loaded / quiet median |")
-    print("|---|---|---|---|---|---|")
+          "| loaded / quiet median | threads quiet / loaded |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['quiet_ms']['median']:.3f} | {r['quiet_ms']['max']:.2f} "
               f"| {r['loaded_ms']['median']:.3f} | {r['loaded_ms']['max']:.2f} "
-              f"| {r['loaded_over_quiet']:.2f}x |")
+              f"| {r['loaded_over_quiet']:.2f}x "
+              f"| {r['threads']['quiet']} / {r['threads']['loaded']} |")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)

@@ -205,8 +205,11 @@ def plot_sweep(result, path):
                 if r is None or not np.isfinite(g[i, j]):
                     continue
                 med = r.get("ratios_median", {}).get(key)
+                # white on the dark ends of the colour map, black in between
+                dark = abs(np.log(g[i, j])) > 0.6 * span
                 ax.text(j, i, f"{g[i, j]:.2f}" + (f"\n({med:.2f})" if med else ""),
-                        ha="center", va="center", fontsize=7)
+                        ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
         ax.set_xticks(range(len(ds)), [str(d) for d in ds])
         ax.set_yticks(range(len(ns)), [str(n) for n in ns])
         ax.set_xlabel("D (features)")
