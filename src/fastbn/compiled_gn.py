@@ -88,6 +88,19 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
     ------
     TypeError, ValueError
         For any malformed argument; nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).normal(2.0, 3.0, (2, 6, 4, 4)).astype(np.float32)
+    >>> gamma, beta = np.ones((1, 6, 1, 1), np.float32), np.zeros((1, 6, 1, 1), np.float32)
+    >>> out, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, 3, {"eps": 1e-5})
+    >>> groups = out.reshape(2, 3, -1)          # (sample, group, values of the group)
+    >>> np.allclose(groups.mean(axis=2), 0, atol=1e-6)
+    True
+    >>> np.allclose(groups.std(axis=2), 1, atol=1e-3)
+    True
     """
     p = check_groupnorm_args(x, gamma, beta, G, gn_param)
     x = p.x
@@ -152,6 +165,25 @@ def spatial_groupnorm_backward(dout, cache, dx=None):
     dx : ndarray, shape (N, C, H, W)
     dgamma, dbeta : ndarray, the shape of the forward's gamma
         ``(1, C, 1, 1)`` or ``(C,)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` whose shape or dtype does not match the forward input,
+        a cache that is not this backend's group-norm cache, or a cache whose
+        arrays were changed after the forward pass; nothing the caller owns
+        is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((2, 6, 4, 4))
+    >>> gamma, beta = np.ones((1, 6, 1, 1)), np.zeros((1, 6, 1, 1))
+    >>> out, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, 3, {})
+    >>> dx, dgamma, dbeta = fastbn.spatial_groupnorm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dgamma.shape, np.allclose(dx, 0)
+    ((2, 6, 4, 4), (1, 6, 1, 1), True)
     """
     c = _check_cache(cache)
     x = c.x

@@ -290,6 +290,22 @@ def bytes_per_call(D):
     """Bytes each process contributes to the all-reduce: (forward, backward).
 
     Each call also sends 56 bytes in the agreement that precedes it.
+
+    Parameters
+    ----------
+    D : int
+        Features (channels) of the batch-norm layer.
+
+    Returns
+    -------
+    forward, backward : int
+        ``(2*D + 1) * 8`` and ``2*D * 8`` bytes of float64 numbers.
+
+    Examples
+    --------
+    >>> from fastbn.distributed import bytes_per_call
+    >>> bytes_per_call(100)
+    (1608, 1600)
     """
     return (2 * D + 1) * 8, 2 * D * 8
 
@@ -413,6 +429,21 @@ def sync_batchnorm_forward(x, gamma, beta, bn_param, comm=None):
     RankMismatchError
         On every process, when the processes' D, dtype, mode, eps or
         momentum differ.  A call that raises changes nothing.
+
+    Examples
+    --------
+    Under ``mpirun -n 2 python script.py``, every process runs::
+
+        import numpy as np
+        from mpi4py import MPI
+        from fastbn.distributed import sync_batchnorm_forward, sync_batchnorm_backward
+
+        comm = MPI.COMM_WORLD
+        x = np.random.default_rng(0).standard_normal((64, 3))  # the global batch
+        x_local = np.array_split(x, comm.Get_size())[comm.Get_rank()]
+        gamma, beta, bn_param = np.ones(3), np.zeros(3), {"mode": "train"}
+        out, cache = sync_batchnorm_forward(x_local, gamma, beta, bn_param)
+        dx_local, dgamma, dbeta = sync_batchnorm_backward(np.ones_like(out), cache)
     """
     return _forward(x, gamma, beta, bn_param, comm, spatial=False)
 
@@ -422,6 +453,44 @@ def sync_spatial_batchnorm_forward(x, gamma, beta, bn_param, comm=None):
 
     As :func:`sync_batchnorm_forward`, statistics per channel over the
     global N, H and W.  Any memory layout (NCHW, channels-last, strided).
+
+    Parameters
+    ----------
+    x : array_like, shape (N_local, C, H, W)
+        This process's slice of the batch; ``N_local`` may differ between
+        processes and may be 0.
+    gamma, beta : ndarray, shape (C,)
+        Same on every process, x's dtype.
+    bn_param : dict
+        As for :func:`fastbn.spatial_batchnorm_forward`; same on every process.
+    comm : mpi4py.MPI.Comm, optional
+        ``MPI.COMM_WORLD`` by default.
+
+    Returns
+    -------
+    out : ndarray, shape (N_local, C, H, W)
+    cache : SyncBatchNormCache
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sync_batchnorm_forward`.
+
+    Examples
+    --------
+    Under ``mpirun -n 2 python script.py``, every process runs::
+
+        import numpy as np
+        from mpi4py import MPI
+        from fastbn.distributed import (sync_spatial_batchnorm_backward,
+                                        sync_spatial_batchnorm_forward)
+
+        comm = MPI.COMM_WORLD
+        x = np.random.default_rng(0).standard_normal((8, 4, 5, 5))  # the global batch
+        x_local = np.array_split(x, comm.Get_size())[comm.Get_rank()]
+        gamma, beta, bn_param = np.ones(4), np.zeros(4), {"mode": "train"}
+        out, cache = sync_spatial_batchnorm_forward(x_local, gamma, beta, bn_param)
+        dx_local, dgamma, dbeta = sync_spatial_batchnorm_backward(np.ones_like(out), cache)
     """
     return _forward(x, gamma, beta, bn_param, comm, spatial=True)
 
@@ -478,6 +547,21 @@ def sync_batchnorm_backward(dout, cache):
     TypeError, ValueError, RankMismatchError
         On every process, as for :func:`sync_batchnorm_forward` (a bad
         ``dout`` on any process; caches of another D, dtype or mode).
+
+    Examples
+    --------
+    Under ``mpirun -n 2 python script.py``, every process runs::
+
+        import numpy as np
+        from mpi4py import MPI
+        from fastbn.distributed import sync_batchnorm_forward, sync_batchnorm_backward
+
+        comm = MPI.COMM_WORLD
+        x = np.random.default_rng(0).standard_normal((64, 3))  # the global batch
+        x_local = np.array_split(x, comm.Get_size())[comm.Get_rank()]
+        gamma, beta, bn_param = np.ones(3), np.zeros(3), {"mode": "train"}
+        out, cache = sync_batchnorm_forward(x_local, gamma, beta, bn_param)
+        dx_local, dgamma, dbeta = sync_batchnorm_backward(np.ones_like(out), cache)
     """
     return _backward(dout, cache, spatial=False)
 
@@ -485,10 +569,38 @@ def sync_batchnorm_backward(dout, cache):
 def sync_spatial_batchnorm_backward(dout, cache):
     """Gradients of :func:`sync_spatial_batchnorm_forward`.  Collective.
 
+    Parameters
+    ----------
+    dout : ndarray, shape (N_local, C, H, W)
+        Upstream gradient of this process's slice.
+    cache : SyncBatchNormCache
+        From :func:`sync_spatial_batchnorm_forward`.
+
     Returns
     -------
     dx : ndarray, shape (N_local, C, H, W)
     dgamma, dbeta : ndarray, shape (C,)
         Over the global batch, identical on every process.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sync_batchnorm_backward`.
+
+    Examples
+    --------
+    Under ``mpirun -n 2 python script.py``, every process runs::
+
+        import numpy as np
+        from mpi4py import MPI
+        from fastbn.distributed import (sync_spatial_batchnorm_backward,
+                                        sync_spatial_batchnorm_forward)
+
+        comm = MPI.COMM_WORLD
+        x = np.random.default_rng(0).standard_normal((8, 4, 5, 5))  # the global batch
+        x_local = np.array_split(x, comm.Get_size())[comm.Get_rank()]
+        gamma, beta, bn_param = np.ones(4), np.zeros(4), {"mode": "train"}
+        out, cache = sync_spatial_batchnorm_forward(x_local, gamma, beta, bn_param)
+        dx_local, dgamma, dbeta = sync_spatial_batchnorm_backward(np.ones_like(out), cache)
     """
     return _backward(dout, cache, spatial=True)
