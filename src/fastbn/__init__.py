@@ -44,13 +44,39 @@ def set_backend(name):
     name : {'cython', 'numpy'}
         ``'cython'`` (the default) for the compiled kernels, ``'numpy'`` for
         :mod:`fastbn.reference`.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of the backends.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.set_backend("numpy")
+    >>> fastbn.get_backend()
+    'numpy'
+    >>> fastbn.set_backend("cython")
     """
     global _default_backend
     _default_backend = _check_backend_name(name)
 
 
 def get_backend():
-    """The name of the backend in force here: ``'cython'`` or ``'numpy'``."""
+    """The name of the backend in force here: ``'cython'`` or ``'numpy'``.
+
+    Returns
+    -------
+    str
+        ``'cython'`` or ``'numpy'``: the innermost :func:`backend` block of
+        this thread, else the :func:`set_backend` choice.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.get_backend()
+    'cython'
+    """
     return _context_backend.get() or _default_backend
 
 
@@ -59,6 +85,27 @@ def backend(name):
     """Context manager: use backend ``name`` inside the ``with`` block.
 
     The choice is local to the current thread (and asyncio task).
+
+    Parameters
+    ----------
+    name : {'cython', 'numpy'}
+        The backend to use inside the block.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of the backends.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((16, 3))
+    >>> with fastbn.backend("numpy"):
+    ...     ref, _ = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> out, _ = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> np.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    True
     """
     token = _context_backend.set(_check_backend_name(name))
     try:

@@ -193,6 +193,23 @@ def batchnorm_forward(x, gamma, beta, bn_param, out=None):
     ------
     TypeError, ValueError
         For any malformed argument; nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, (64, 3)).astype(np.float32)
+    >>> gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    >>> bn_param = {"mode": "train"}
+    >>> out, cache = fastbn.batchnorm_forward(x, gamma, beta, bn_param)
+    >>> out.dtype, out.shape
+    (dtype('float32'), (64, 3))
+    >>> np.allclose(out.mean(axis=0), 0, atol=1e-6), np.allclose(out.std(axis=0), 1, atol=1e-3)
+    (True, True)
+    >>> sorted(bn_param)                     # running statistics created and updated
+    ['mode', 'running_mean', 'running_var']
+    >>> bn_param["mode"] = "test"            # now normalize with the running statistics
+    >>> out_test, _ = fastbn.batchnorm_forward(x, gamma, beta, bn_param)
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
     warn_batch_of_one(p)
@@ -205,6 +222,42 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, out=None):
     Parameters and returns as for :func:`batchnorm_forward`, with
     ``gamma``/``beta`` of shape (C,).  Works on the array's own layout
     (NCHW, channels-last or strided) without transposing copies.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        float32 or float64, any memory layout; the result has the same dtype.
+    gamma, beta : ndarray, shape (C,)
+        Per-channel scale and shift, same dtype as ``x``.
+    bn_param : dict
+        As for :func:`batchnorm_forward`; the running statistics have shape (C,).
+    out : ndarray, optional
+        Buffer for the result, same shape and dtype as ``x``; must not
+        overlap ``x``, ``gamma``, ``beta`` or the running statistics.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H, W)
+        In ``x``'s memory layout unless ``out`` was given.
+    cache : BatchNormCache
+        For :func:`spatial_batchnorm_backward`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument; nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((8, 4, 5, 5)).astype(np.float32)
+    >>> x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    >>> g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    >>> out, _ = fastbn.spatial_batchnorm_forward(x, g, b, {"mode": "train"})
+    >>> out_nhwc, _ = fastbn.spatial_batchnorm_forward(x_nhwc, g, b, {"mode": "train"})
+    >>> np.allclose(out, out_nhwc, atol=1e-6), out_nhwc.strides == x_nhwc.strides
+    (True, True)
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
     warn_batch_of_one(p)
@@ -271,6 +324,26 @@ def batchnorm_backward(dout, cache, dx=None):
     -------
     dx : ndarray, shape (N, D)
     dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` whose shape or dtype does not match the forward input,
+        a cache that is not this backend's cache of the matching forward
+        function, or a cache whose arrays were changed after the forward pass;
+        nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((64, 3))
+    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastbn.batchnorm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dgamma.shape, dbeta
+    ((64, 3), (3,), array([64., 64., 64.]))
+    >>> np.allclose(dx, 0)                   # a constant upstream gradient cancels out
+    True
     """
     return _backward(dout, cache, dx, spatial=False)
 
@@ -280,6 +353,41 @@ def batchnorm_backward_alt(dout, cache, dx=None):
 
     Kept as its own name so code written against the classic API runs
     unchanged.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient, same dtype as the forward input.
+    cache : BatchNormCache
+        From :func:`batchnorm_forward`.
+    dx : ndarray, optional
+        Buffer for the input gradient; must not overlap ``x``, ``dout`` or
+        ``gamma``.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` whose shape or dtype does not match the forward input,
+        a cache that is not this backend's cache of the matching forward
+        function, or a cache whose arrays were changed after the forward pass;
+        nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> x, dout = rng.standard_normal((64, 3)), rng.standard_normal((64, 3))
+    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> a = fastbn.batchnorm_backward(dout, cache)
+    >>> b = fastbn.batchnorm_backward_alt(dout, cache)
+    >>> all(np.array_equal(u, v) for u, v in zip(a, b))
+    True
     """
     return _backward(dout, cache, dx, spatial=False)
 
@@ -287,9 +395,38 @@ def batchnorm_backward_alt(dout, cache, dx=None):
 def spatial_batchnorm_backward(dout, cache, dx=None):
     """Gradients of :func:`spatial_batchnorm_forward`.
 
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, H, W)
+        Upstream gradient, same dtype as the forward input, any layout.
+    cache : BatchNormCache
+        From :func:`spatial_batchnorm_forward`.
+    dx : ndarray, optional
+        Buffer for the input gradient; must not overlap ``x``, ``dout`` or
+        ``gamma``.
+
     Returns
     -------
     dx : ndarray, shape (N, C, H, W)
     dgamma, dbeta : ndarray, shape (C,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` whose shape or dtype does not match the forward input,
+        a cache that is not this backend's cache of the matching forward
+        function, or a cache whose arrays were changed after the forward pass;
+        nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((8, 4, 5, 5))
+    >>> out, cache = fastbn.spatial_batchnorm_forward(x, np.ones(4), np.zeros(4),
+    ...                                               {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastbn.spatial_batchnorm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dbeta
+    ((8, 4, 5, 5), array([200., 200., 200., 200.]))
     """
     return _backward(dout, cache, dx, spatial=True)

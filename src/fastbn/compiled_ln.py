@@ -66,6 +66,15 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     ------
     TypeError, ValueError
         For any malformed argument; nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (4, 100))
+    >>> out, cache = fastbn.layernorm_forward(x, np.ones(100), np.zeros(100), {})
+    >>> np.allclose(out.mean(axis=1), 0), np.allclose(out.std(axis=1), 1, atol=1e-4)
+    (True, True)
     """
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
@@ -114,6 +123,24 @@ def layernorm_backward(dout, cache, dx=None):
     -------
     dx : ndarray, shape (N, D)
     dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` whose shape or dtype does not match the forward input,
+        a cache that is not this backend's cache of the matching forward
+        function, or a cache whose arrays were changed after the forward pass;
+        nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.random.default_rng(0).standard_normal((4, 100))
+    >>> out, cache = fastbn.layernorm_forward(x, np.ones(100), np.zeros(100), {"eps": 1e-5})
+    >>> dx, dgamma, dbeta = fastbn.layernorm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dgamma.shape, np.allclose(dx, 0)
+    ((4, 100), (100,), True)
     """
     c = _check_cache(cache)
     x = c.x

@@ -48,6 +48,14 @@ class Moments(NamedTuple):
     m2 : ndarray of float64, shape (D,)
         Sum of squared deviations from ``mean``; the biased variance is
         ``m2 / count``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import Moments, finish_moments
+    >>> m = Moments(count=4.0, mean=np.array([1.0]), m2=np.array([8.0]))
+    >>> finish_moments(m, eps=0.0)[1]           # biased variance m2 / count
+    array([2.])
     """
     count: float
     mean: np.ndarray
@@ -95,11 +103,25 @@ def partial_moments(x, spatial=False):
         ``(count, mean, m2)`` with float64 ``mean`` and ``m2``; all zero for
         an empty batch.
 
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
     Notes
     -----
     float64 sums of ``x - c`` and ``(x - c)**2`` with ``c`` the feature's
     first value, then ``mean = c + S1/n`` and ``M2 = S2 - S1**2/n``: the
     shift keeps the subtraction benign for data far from zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import partial_moments
+    >>> m = partial_moments(np.array([[1.0, 10.0], [3.0, 30.0]]))
+    >>> m.count, m.mean, m.m2
+    (2.0, array([ 2., 20.]), array([  2., 200.]))
     """
     x = check_batch(x, spatial)
     D = x.shape[1]
@@ -126,6 +148,22 @@ def merge_moments(a, b):
         adds non-negative terms only, so the merge is stable however far the
         parts' means are from zero or from each other.  Symmetric to the
         bit: ``merge_moments(a, b) == merge_moments(b, a)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        When the parts' ``mean`` or ``m2`` are not float vectors of the same
+        length.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import merge_moments, partial_moments
+    >>> x = np.random.default_rng(0).normal(1e4, 1.0, (100, 3))
+    >>> whole = partial_moments(x)
+    >>> merged = merge_moments(partial_moments(x[:30]), partial_moments(x[30:]))
+    >>> merged.count, np.allclose(merged.mean, whole.mean), np.allclose(merged.m2, whole.m2)
+    (100.0, True, True)
     """
     D = np.size(a.mean)
     packed_a = pack_moments(Moments(a.count, _f64_vector(a.mean, "a.mean", D),
@@ -137,7 +175,30 @@ def merge_moments(a, b):
 
 
 def pack_moments(m, out=None):
-    """``[count, mean(D), m2(D)]`` as one float64 buffer of ``2*D + 1`` numbers."""
+    """``[count, mean(D), m2(D)]`` as one float64 buffer of ``2*D + 1`` numbers.
+
+    Parameters
+    ----------
+    m : Moments
+        The moments of D features.
+    out : ndarray of float64, shape (2*D + 1,), optional
+        Buffer to fill.
+
+    Returns
+    -------
+    ndarray of float64, shape (2*D + 1,)
+        ``out`` if given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import Moments, pack_moments, unpack_moments
+    >>> buf = pack_moments(Moments(2.0, np.array([2.0, 20.0]), np.array([2.0, 200.0])))
+    >>> buf
+    array([  2.,   2.,  20.,   2., 200.])
+    >>> unpack_moments(buf).mean
+    array([ 2., 20.])
+    """
     D = len(m.mean)
     buf = np.empty(2 * D + 1, F64) if out is None else out
     buf[0] = m.count
@@ -147,7 +208,25 @@ def pack_moments(m, out=None):
 
 
 def unpack_moments(buf):
-    """Inverse of :func:`pack_moments` (copies)."""
+    """Inverse of :func:`pack_moments` (copies).
+
+    Parameters
+    ----------
+    buf : ndarray of float64, shape (2*D + 1,)
+        As written by :func:`pack_moments`.
+
+    Returns
+    -------
+    Moments
+        ``count`` as a float, ``mean`` and ``m2`` as new arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import unpack_moments
+    >>> unpack_moments(np.array([2.0, 2.0, 20.0, 2.0, 200.0]))
+    Moments(count=2.0, mean=array([ 2., 20.]), m2=array([  2., 200.]))
+    """
     D = (len(buf) - 1) // 2
     return Moments(float(buf[0]), np.array(buf[1:D + 1]), np.array(buf[D + 1:]))
 
@@ -155,10 +234,30 @@ def unpack_moments(buf):
 def finish_moments(m, eps):
     """Mean, biased variance and ``1/sqrt(var + eps)`` from merged moments.
 
+    Parameters
+    ----------
+    m : Moments
+        Moments of the whole batch (merged over its parts).
+    eps : float
+        Added to the variance before the square root.
+
+    Returns
+    -------
+    mean, var, invstd : ndarray of float64, shape (D,)
+        ``var`` is the biased variance ``m2 / count``.
+
     Raises
     ------
     ValueError
         When ``m.count`` is 0: an empty batch has no statistics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import finish_moments, partial_moments
+    >>> mean, var, invstd = finish_moments(partial_moments(np.array([[1.0], [3.0]])), 0.0)
+    >>> mean, var, invstd
+    (array([2.]), array([1.]), array([1.]))
     """
     if not m.count > 0:
         raise ValueError("the batch is empty (count 0): batch norm needs at least "
@@ -187,6 +286,24 @@ def apply_affine(x, mean, invstd, gamma, beta, spatial=False, out=None):
     Returns
     -------
     out : ndarray, x's shape and dtype
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> from fastbn.moments import apply_affine, finish_moments, partial_moments
+    >>> x = np.random.default_rng(0).standard_normal((64, 3))
+    >>> g, b = np.ones(3), np.zeros(3)
+    >>> mean, var, invstd = finish_moments(partial_moments(x), 1e-5)
+    >>> fused, _ = fastbn.batchnorm_forward(x, g, b, {"mode": "train"})
+    >>> np.allclose(apply_affine(x, mean, invstd, g, b), fused)
+    True
     """
     x = check_batch(x, spatial)
     D = x.shape[1]
@@ -219,6 +336,20 @@ def grad_sums(dout, x, mean, spatial=False):
     -------
     sum_dout, sum_dout_xmu : ndarray of float64, shape (D,)
         Zero for an empty batch.  Sums over parts add.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.moments import grad_sums
+    >>> x = np.array([[1.0], [3.0]])
+    >>> grad_sums(np.array([[1.0], [2.0]]), x, mean=np.array([2.0]))
+    (array([3.]), array([1.]))
     """
     x = check_batch(x, spatial)
     dout = check_dout(dout, x)
@@ -256,6 +387,27 @@ def apply_dx(dout, x, gamma, mean, invstd, sum_dout, sum_dout_xmu, count,
     Returns
     -------
     dx : ndarray, x's shape and dtype
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> from fastbn.moments import apply_dx, finish_moments, grad_sums, partial_moments
+    >>> rng = np.random.default_rng(0)
+    >>> x, dout, g = rng.standard_normal((64, 3)), rng.standard_normal((64, 3)), np.ones(3)
+    >>> m = partial_moments(x)
+    >>> mean, var, invstd = finish_moments(m, 1e-5)
+    >>> sdy, sdyx = grad_sums(dout, x, mean)
+    >>> dx = apply_dx(dout, x, g, mean, invstd, sdy, sdyx, m.count)
+    >>> _, cache = fastbn.batchnorm_forward(x, g, np.zeros(3), {"mode": "train"})
+    >>> np.allclose(dx, fastbn.batchnorm_backward(dout, cache)[0])
+    True
     """
     x = check_batch(x, spatial)
     dout = check_dout(dout, x)

@@ -85,6 +85,21 @@ def batchnorm_forward(x, gamma, beta, bn_param):
         ``gamma * (x - mean) / sqrt(var + eps) + beta``.
     cache : dict
         The intermediate values :func:`batchnorm_backward` needs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((64, 3))
+    >>> out, cache = reference.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> np.allclose(out.mean(axis=0), 0), out.shape
+    (True, (64, 3))
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
     warn_batch_of_one(p)
@@ -167,6 +182,22 @@ def batchnorm_backward(dout, cache):
     -------
     dx : ndarray, shape (N, D)
     dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((64, 3))
+    >>> out, cache = reference.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> dx, dgamma, dbeta = reference.batchnorm_backward(np.ones_like(out), cache)
+    >>> dbeta
+    array([64., 64., 64.])
     """
     c = _check_cache(cache, "batchnorm")
     dout = check_dout(dout, c["x"])
@@ -207,6 +238,36 @@ def batchnorm_backward_alt(dout, cache):
         dx     = gamma / (N * std) * (N * dout - dbeta - x_hat * dgamma)
 
     Same arguments and results as :func:`batchnorm_backward`.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, D)
+        Upstream gradient, same dtype as the forward input.
+    cache : dict
+        From :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, D)
+    dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> rng = np.random.default_rng(0)
+    >>> x, dout = rng.standard_normal((64, 3)), rng.standard_normal((64, 3))
+    >>> out, cache = reference.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> a = reference.batchnorm_backward(dout, cache)
+    >>> b = reference.batchnorm_backward_alt(dout, cache)
+    >>> all(np.allclose(u, v) for u, v in zip(a, b))
+    True
     """
     c = _check_cache(cache, "batchnorm")
     dout = check_dout(dout, c["x"])
@@ -238,6 +299,22 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 
     Each channel is one feature observed at N*H*W places, so moving the
     channel axis last and flattening gives ordinary (N*H*W, C) batch norm.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((8, 4, 5, 5))
+    >>> bn_param = {"mode": "train"}
+    >>> out, _ = reference.spatial_batchnorm_forward(x, np.ones(4), np.zeros(4), bn_param)
+    >>> np.allclose(out.mean(axis=(0, 2, 3)), 0)
+    True
     """
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=4)
     warn_batch_of_one(p)
@@ -251,10 +328,34 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param):
 def spatial_batchnorm_backward(dout, cache):
     """Backward pass of :func:`spatial_batchnorm_forward`.
 
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, H, W)
+        Upstream gradient, same dtype as the forward input.
+    cache : dict
+        From :func:`spatial_batchnorm_forward`.
+
     Returns
     -------
     dx : ndarray, shape (N, C, H, W)
     dgamma, dbeta : ndarray, shape (C,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((8, 4, 5, 5))
+    >>> out, cache = reference.spatial_batchnorm_forward(x, np.ones(4), np.zeros(4),
+    ...                                                  {"mode": "train"})
+    >>> dx, dgamma, dbeta = reference.spatial_batchnorm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dbeta
+    ((8, 4, 5, 5), array([200., 200., 200., 200.]))
     """
     c = _check_cache(cache, "spatial_batchnorm")
     dout = check_dout(dout, c["x"])
@@ -289,6 +390,21 @@ def layernorm_forward(x, gamma, beta, ln_param):
         and variance.
     cache : dict
         The intermediate values :func:`layernorm_backward` needs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (4, 100))
+    >>> out, cache = reference.layernorm_forward(x, np.ones(100), np.zeros(100), {})
+    >>> np.allclose(out.mean(axis=1), 0)
+    True
     """
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x, gamma, beta = p.x, p.gamma, p.beta
@@ -326,6 +442,22 @@ def layernorm_backward(dout, cache):
     -------
     dx : ndarray, shape (N, D)
     dgamma, dbeta : ndarray, shape (D,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it; nothing the caller owns is
+        modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((4, 100))
+    >>> out, cache = reference.layernorm_forward(x, np.ones(100), np.zeros(100), {})
+    >>> dx, dgamma, dbeta = reference.layernorm_backward(np.ones_like(out), cache)
+    >>> np.allclose(dx, 0), dbeta.shape
+    (True, (100,))
     """
     c = _check_cache(cache, "layernorm")
     dout = check_dout(dout, c["x"])
