@@ -496,6 +496,21 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
         biased variance of each (sample, group) over its C/G * H * W values.
     cache : dict
         The intermediate values :func:`spatial_groupnorm_backward` needs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For any malformed argument, naming it (``G`` not a positive integer
+        dividing C among them); nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((2, 6, 4, 4))
+    >>> out, cache = reference.spatial_groupnorm_forward(x, np.ones(6), np.zeros(6), 2, {})
+    >>> np.allclose(out.reshape(2, 2, -1).mean(axis=2), 0)
+    True
     """
     p = check_groupnorm_args(x, gamma, beta, G, gn_param)
     x, G = p.x, p.G
@@ -542,6 +557,22 @@ def spatial_groupnorm_backward(dout, cache):
     dx : ndarray, shape (N, C, H, W)
     dgamma, dbeta : ndarray, the shape of the forward's gamma
         ``(1, C, 1, 1)`` as in the course, or ``(C,)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a ``dout`` that does not match the forward input or a cache that is
+        not this backend's group-norm cache; nothing the caller owns is modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn import reference
+    >>> x = np.random.default_rng(0).standard_normal((2, 6, 4, 4))
+    >>> out, cache = reference.spatial_groupnorm_forward(x, np.ones(6), np.zeros(6), 2, {})
+    >>> dx, dgamma, dbeta = reference.spatial_groupnorm_backward(np.ones_like(out), cache)
+    >>> dgamma.shape, np.allclose(dx, 0)
+    ((6,), True)
     """
     c = _check_cache(cache, "groupnorm")
     dout = check_dout(dout, c["x"])
