@@ -65,6 +65,21 @@ def set_num_threads(n):
     n : int or None
         A positive thread count, or None to go back to the default
         (``FASTBN_NUM_THREADS``, else the OpenMP runtime's maximum).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an int or None.
+    ValueError
+        If ``n`` is less than 1.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.set_num_threads(1)
+    >>> fastbn.get_num_threads()
+    1
+    >>> fastbn.set_num_threads(None)         # back to the default
     """
     global _user_threads
     if n is None:
@@ -80,9 +95,25 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads a large kernel call will use.
 
-    Always 1 in a process made by ``fork()``, whose OpenMP runtime cannot
-    start a team (use the ``forkserver`` or ``spawn`` start method for
-    parallel children).
+    1 in a process made by ``fork()`` when the kernels run on GNU libgomp,
+    whose thread pool does not survive ``fork()`` (use the ``forkserver`` or
+    ``spawn`` start method for parallel children); LLVM's libomp, the
+    release wheels' runtime, keeps the thread count in a forked child.
+
+    Returns
+    -------
+    int
+        :func:`set_num_threads`'s value, else ``FASTBN_NUM_THREADS``, else the
+        OpenMP runtime's maximum (which ``OMP_NUM_THREADS`` and
+        ``threadpoolctl.threadpool_limits`` set).  A call uses fewer threads
+        for inputs below 128k elements and when other processes keep the
+        CPUs busy.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.get_num_threads() >= 1
+    True
     """
     if _forked:
         return 1
@@ -104,5 +135,18 @@ def threads_for(size):
 
 
 def openmp_enabled():
-    """True when the kernels were compiled with OpenMP."""
+    """True when the kernels were compiled with OpenMP.
+
+    Returns
+    -------
+    bool
+        False for a serial build (no OpenMP compiler support, or
+        ``FASTBN_DISABLE_OPENMP=1`` at build time).
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> isinstance(fastbn.openmp_enabled(), bool)
+    True
+    """
     return _threads.openmp_enabled()
