@@ -95,10 +95,9 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads a large kernel call will use.
 
-    1 in a process made by ``fork()`` when the kernels run on GNU libgomp,
-    whose thread pool does not survive ``fork()`` (use the ``forkserver`` or
-    ``spawn`` start method for parallel children); LLVM's libomp, the
-    release wheels' runtime, keeps the thread count in a forked child.
+    Always 1 in a process made by ``fork()``, whose OpenMP runtime's thread
+    pool did not survive the fork (use the ``forkserver`` or ``spawn``
+    start method for parallel children).
 
     Returns
     -------
