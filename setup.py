@@ -7,6 +7,7 @@ import tempfile
 import textwrap
 
 import numpy as np
+from Cython import Tempita
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -164,6 +165,39 @@ class BuildExt(build_ext):
             ext.depends.append(path)
 
 
+# The kernels' C headers (src/fastbn/include/fastbn) and their Cython
+# declarations are written once for float and double as Tempita templates
+# (*.tp) and rendered next to them here, before Cython runs.  Rendered
+# headers carry #line directives, so compiler errors and debuggers point at
+# the template.
+INCLUDE = "src/fastbn/include"
+
+
+def _render(template):
+    target = template[:-3]
+    lines = open(template).read().split("\n")
+    if target.endswith(".h"):
+        # each function's first line says where it comes from; the template
+        # loops repeat whole functions, so the lines below it follow on
+        lines = [f'#line {i + 1} "{template}"\n{line}' if line.startswith("static ") else line
+                 for i, line in enumerate(lines)]
+    text = Tempita.Template("\n".join(lines), name=template).substitute()
+    note = "/* Rendered from {} by setup.py: edit the template. */\n" if target.endswith(".h") \
+        else "# Rendered from {} by setup.py: edit the template.\n"
+    text = note.format(os.path.basename(template)) + text
+    old = open(target).read() if os.path.exists(target) else None
+    if old != text:         # rewrite only on change, so rebuilds stay incremental
+        with open(target, "w") as f:
+            f.write(text)
+    return target
+
+
+TEMPLATES = sorted(glob.glob("src/fastbn/*.pxd.tp") + glob.glob(f"{INCLUDE}/fastbn/*.h.tp"))
+for _tp in TEMPLATES:
+    _render(_tp)
+HEADERS = sorted(glob.glob(f"{INCLUDE}/fastbn/*.h"))
+
+
 def _ext(name):
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     if LIMITED_API:
@@ -171,8 +205,8 @@ def _ext(name):
     return Extension(
         f"fastbn.{name}",
         [f"src/fastbn/{name}.pyx"],
-        depends=glob.glob("src/fastbn/*.pxd") + glob.glob("src/fastbn/include/fastbn/*.h"),
-        include_dirs=[np.get_include(), "src/fastbn/include"],
+        depends=glob.glob("src/fastbn/*.pxd") + HEADERS + TEMPLATES,
+        include_dirs=[INCLUDE, np.get_include()],
         define_macros=macros,
         py_limited_api=bool(LIMITED_API),
     )

@@ -21,74 +21,35 @@ The Python layer validates everything before calling in: these functions
 assume non-empty, shape-consistent arguments of one dtype.
 
 ``_bn_avx2.pyx`` includes this file to build the same kernels with AVX2 and
-FMA; :mod:`fastbn.compiled` asks :func:`cpu_has_avx2_fma` (of the baseline
-build) which one the running CPU can execute.
+FMA; :mod:`fastbn._dispatch` asks :func:`cpu_has_avx2_fma` (of the baseline
+build) which one the running CPU can execute.  The loops themselves are C, in
+``include/fastbn`` (declared in ``_cheaders.pxd``).
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
-from fastbn._kernels cimport (
-    _center_fold, _chan_dx_centered, _chan_grad_sums, _chan_normalize_folded,
-    _chan_sums, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
-    _chans_sums_all, _channel_split, _dx_centered, _finish_moments, _row_chunks,
-    _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all, _rows_sums_all,
-    fastbn_blend_d, fastbn_blend_f, fastbn_dx_coef_d, fastbn_dx_coef_f,
-    fastbn_finish_moments_v, fastbn_fold_forward_d, fastbn_fold_forward_f,
-    fastbn_kernel_isa,
+from fastbn._cheaders cimport (
+    fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
+    fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma, fastbn_dx_centered,
+    fastbn_dx_coef, fastbn_finish1, fastbn_finish_moments_v, fastbn_fold_forward,
+    fastbn_kernel_isa, fastbn_leave, fastbn_team, fastbn_team_size,
 )
-
-cdef extern from *:
-    """
-    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-    static int fastbn_cpu_has_avx2_fma(void) {
-        __builtin_cpu_init();   /* also checks the OS saves the AVX registers */
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    #else
-    static int fastbn_cpu_has_avx2_fma(void) { return 0; }  /* no runtime check here */
-    #endif
-    """
-    int fastbn_cpu_has_avx2_fma() nogil
-
-
-# Kernel calls in flight in this module.  A call that starts while another
-# runs (Python threads each calling fastbn: the GIL is released in the
-# kernels) takes one thread instead of a full team, so N Python threads use
-# about N cores, not N * nthreads.
-cdef extern from *:
-    """
-    #if defined(_MSC_VER)
-    #include <intrin.h>
-    static volatile long fastbn_active_calls = 0;
-    static int fastbn_enter(void) { return (int)_InterlockedIncrement(&fastbn_active_calls) - 1; }
-    static void fastbn_leave(void) { _InterlockedDecrement(&fastbn_active_calls); }
-    static int fastbn_active(void) { return (int)fastbn_active_calls; }
-    #else
-    static int fastbn_active_calls = 0;
-    static int fastbn_enter(void) {
-        return __atomic_fetch_add(&fastbn_active_calls, 1, __ATOMIC_RELAXED); }
-    static void fastbn_leave(void) {
-        __atomic_fetch_sub(&fastbn_active_calls, 1, __ATOMIC_RELAXED); }
-    static int fastbn_active(void) {
-        return __atomic_load_n(&fastbn_active_calls, __ATOMIC_RELAXED); }
-    #endif
-    """
-    int fastbn_enter() nogil
-    void fastbn_leave() nogil
-    int fastbn_active() nogil
-
-
-cdef inline int _team(int nthreads) noexcept nogil:
-    """Register a kernel call; its thread count (1 if another call is running)."""
-    if fastbn_enter() > 0:
-        return 1
-    return nthreads
+from fastbn._kernels cimport (
+    Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all, _chans_sums_all,
+    _channel_split, _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all,
+    _rows_sums_all,
+)
 
 
 def _active_calls():
-    """Kernel calls running right now (for tests)."""
+    """Kernel calls of this module running right now (for tests)."""
     return fastbn_active()
+
+
+def _team_size(int nthreads):
+    """The threads a kernel call of this module starting now would get (for tests)."""
+    return fastbn_team_size(nthreads)
 
 
 def cpu_has_avx2_fma():
@@ -103,7 +64,7 @@ def kernel_isa():
 
 # --------------------------------------------------------------------------
 # Python entry points.  All run without the GIL.  The output passes compute in
-# x's own precision with coefficients from _center_fold; statistics and
+# x's own precision with coefficients from fastbn_center_fold; statistics and
 # gradient sums accumulate in float64.  ``stream=True`` writes the output with
 # non-temporal stores where the build has them (the caller decides:
 # fastbn.compiled._output); the values are the same either way.
@@ -124,10 +85,8 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     cdef double* mean = &stats[0, 0]
     cdef double* var = &stats[1, 0]
     cdef double* invstd = &stats[2, 0]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps ys = _steps(out.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
@@ -141,22 +100,15 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     cdef double* s1 = center + D
     cdef double* s2 = s1 + D
     with nogil:
-        nthreads = _team(nthreads)
+        nthreads = fastbn_team(nthreads)
         for j in range(D):
-            center[j] = xp[j * sd]
-        _rows_sums_all(xp, sr, sd, R, D, nch, nthreads, center, part, s1, s2)
+            center[j] = xp[j * xs.s1]
+        _rows_sums_all(xp, xs.s0, xs.s1, R, D, nch, nthreads, center, part, s1, s2)
         fastbn_finish_moments_v(s1, s2, center, D, <double>R, eps, mean, var, invstd)
-        if floating is float:
-            fastbn_fold_forward_f(D, mean, var, invstd, &gamma[0], &beta[0], coef,
-                                  coef + D, coef + 2 * D, &running_mean[0],
-                                  &running_var[0], momentum, &new_running[0, 0],
-                                  &new_running[1, 0])
-        else:
-            fastbn_fold_forward_d(D, mean, var, invstd, &gamma[0], &beta[0], coef,
-                                  coef + D, coef + 2 * D, &running_mean[0],
-                                  &running_var[0], momentum, &new_running[0, 0],
-                                  &new_running[1, 0])
-        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
+        fastbn_fold_forward(D, mean, var, invstd, &gamma[0], &beta[0], coef, coef + D, coef + 2 * D,
+                            &running_mean[0], &running_var[0], momentum, &new_running[0, 0],
+                            &new_running[1, 0])
+        _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef,
                             stream)
     fastbn_leave()
     free(part)
@@ -176,12 +128,8 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef double* mean = &stats[0, 0]
     cdef double* var = &stats[1, 0]
     cdef double* invstd = &stats[2, 0]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ya = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
+    cdef Steps ys = _steps(out.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
@@ -196,34 +144,29 @@ def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
     cdef double* s1 = part + 2 * n_items     # per-channel sums when split > 1
     cdef double* s2 = s1 + C
     with nogil:
-        nthreads = _team(nthreads)
+        nthreads = fastbn_team(nthreads)
         if split == 1:
             # whole channels: statistics then output while the channel is cached
             for c in prange(C, num_threads=nthreads, schedule="static"):
-                _chan_sums(xp + c * sc, sa, sb, B, 0, L, xp[c * sc], part + 2 * c)
-                _finish_moments(part[2 * c], part[2 * c + 1], L, xp[c * sc], eps,
-                                &mean[c], &var[c], &invstd[c])
-                _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
-                             &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-                _chan_normalize_folded(xp + c * sc, sa, sb, yp + c * yc, ya, yb, B, 0,
-                                       L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2],
-                                       stream)
+                fastbn_chan_sums(xp + c * xs.s1, xs.s0, xs.s2, B, 0, L, xp[c * xs.s1], part + 2 * c)
+                fastbn_finish1(part[2 * c], part[2 * c + 1], <double>L, xp[c * xs.s1], eps,
+                               &mean[c], &var[c], &invstd[c])
+                fastbn_center_fold(mean[c], gamma[c] * invstd[c], beta[c], &coef[3 * c],
+                                   &coef[3 * c + 1], &coef[3 * c + 2])
+                fastbn_chan_normalize(xp + c * xs.s1, xs.s0, xs.s2, yp + c * ys.s1, ys.s0, ys.s2, B,
+                                      0, L, coef[3 * c], coef[3 * c + 1], coef[3 * c + 2], stream)
         else:
-            _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
+            _chans_sums_all(xp, xs.s0, xs.s1, xs.s2, B, L, C, split, nthreads, part, s1, s2)
             for c in range(C):
-                _finish_moments(s1[c], s2[c], L, xp[c * sc], eps, &mean[c], &var[c],
-                                &invstd[c])
-                _center_fold(mean[c], gamma[c] * invstd[c], beta[c],
-                             &coef[3 * c], &coef[3 * c + 1], &coef[3 * c + 2])
-            _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads,
-                                 coef, stream)
+                fastbn_finish1(s1[c], s2[c], <double>L, xp[c * xs.s1], eps, &mean[c], &var[c],
+                               &invstd[c])
+                fastbn_center_fold(mean[c], gamma[c] * invstd[c], beta[c], &coef[3 * c],
+                                   &coef[3 * c + 1], &coef[3 * c + 2])
+            _chans_normalize_all(xp, xs.s0, xs.s1, xs.s2, yp, ys.s0, ys.s1, ys.s2, B, L, C, split,
+                                 nthreads, coef, stream)
         for c in range(C):
-            if floating is float:
-                new_running[0, c] = fastbn_blend_f(momentum, running_mean[c], mean[c])
-                new_running[1, c] = fastbn_blend_f(momentum, running_var[c], var[c])
-            else:
-                new_running[0, c] = fastbn_blend_d(momentum, running_mean[c], mean[c])
-                new_running[1, c] = fastbn_blend_d(momentum, running_var[c], var[c])
+            new_running[0, c] = fastbn_blend(momentum, running_mean[c], mean[c])
+            new_running[1, c] = fastbn_blend(momentum, running_var[c], var[c])
     fastbn_leave()
     free(part)
     free(coef)
@@ -234,10 +177,8 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
                    floating[:, :] out, int nthreads, bint stream=False):
     """out = (x - mean) * alpha + beta per feature on an (R, D) view (test mode)."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps ys = _steps(out.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
@@ -245,11 +186,10 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
-        nthreads = _team(nthreads)
+        nthreads = fastbn_team(nthreads)
         for j in range(D):
-            _center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j],
-                         &coef[2 * D + j])
-        _rows_normalize_all(xp, sr, sd, yp, yr, yd, R, D, nch, nthreads, coef,
+            fastbn_center_fold(mean[j], alpha[j], beta[j], &coef[j], &coef[D + j], &coef[2 * D + j])
+        _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef,
                             stream)
     fastbn_leave()
     free(coef)
@@ -260,12 +200,8 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
                     floating[:, :, :] out, int nthreads, bint stream=False):
     """out = (x - mean) * alpha + beta per channel on an (A, C, B) view (test mode)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ya = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yc = out.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yb = out.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
+    cdef Steps ys = _steps(out.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t c
@@ -275,12 +211,12 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
-        nthreads = _team(nthreads)
+        nthreads = fastbn_team(nthreads)
         for c in range(C):
-            _center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
-                         &coef[3 * c + 2])
-        _chans_normalize_all(xp, sa, sc, sb, yp, ya, yc, yb, B, L, C, split, nthreads, coef,
-                             stream)
+            fastbn_center_fold(mean[c], alpha[c], beta[c], &coef[3 * c], &coef[3 * c + 1],
+                               &coef[3 * c + 2])
+        _chans_normalize_all(xp, xs.s0, xs.s1, xs.s2, yp, ys.s0, ys.s1, ys.s2, B, L, C, split,
+                             nthreads, coef, stream)
     fastbn_leave()
     free(coef)
 
@@ -292,13 +228,10 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
                   bint stream=False):
     """Fused backward on an (R, D) view: one pass of sums, one pass writing dx."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
+    cdef Steps ds = _steps(dx.strides, 2, sizeof(floating))
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
@@ -311,19 +244,13 @@ def rows_backward(const floating[:, :] x, const floating[:, :] dout,
     cdef double* sdy = part + 2 * nch * D
     cdef double* sdyx = sdy + D
     with nogil:
-        nthreads = _team(nthreads)
-        _rows_grad_sums_all(xp, sr, sd, gp, gr, gd, R, D, nch, nthreads, &mean[0], part,
+        nthreads = fastbn_team(nthreads)
+        _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, &mean[0], part,
                             sdy, sdyx)
-        if floating is float:
-            fastbn_dx_coef_f(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0],
-                             train, coef, coef + D, coef + 2 * D, coef + 3 * D,
-                             &dgamma[0], &dbeta[0])
-        else:
-            fastbn_dx_coef_d(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0],
-                             train, coef, coef + D, coef + 2 * D, coef + 3 * D,
-                             &dgamma[0], &dbeta[0])
-        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
-                     stream)
+        fastbn_dx_coef(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0], train, coef,
+                       coef + D, coef + 2 * D, coef + 3 * D, &dgamma[0], &dbeta[0])
+        _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
+                     coef, stream)
     fastbn_leave()
     free(part)
     free(coef)
@@ -336,15 +263,9 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
                    bint stream=False):
     """Fused backward on an (A, C, B) view; per channel, sums then dx."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ga = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gc = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t da = dx.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dc = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 3, sizeof(floating))
+    cdef Steps ds = _steps(dx.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t n_items = C * split, c
@@ -360,30 +281,30 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     cdef double* sdy = part + 2 * n_items    # per-channel sums when split > 1
     cdef double* sdyx = sdy + C
     with nogil:
-        nthreads = _team(nthreads)
+        nthreads = fastbn_team(nthreads)
         if split == 1:
             for c in prange(C, num_threads=nthreads, schedule="static"):
-                _chan_grad_sums(xp + c * sc, sa, sb, gp + c * gc, ga, gb, B, 0, L,
-                                mean[c], part + 2 * c)
+                fastbn_chan_grad_sums(xp + c * xs.s1, xs.s0, xs.s2, gp + c * gs.s1, gs.s0, gs.s2, B,
+                                      0, L, mean[c], part + 2 * c)
                 dbeta[c] = <floating>part[2 * c]
                 dgamma[c] = <floating>(part[2 * c + 1] * invstd[c])
-                _dx_centered(part[2 * c], part[2 * c + 1], L, gamma[c], mean[c],
-                             invstd[c], train, &coef[4 * c], &coef[4 * c + 1],
-                             &coef[4 * c + 2], &coef[4 * c + 3])
-                _chan_dx_centered(xp + c * sc, sa, sb, gp + c * gc, ga, gb, dp + c * dc,
-                                  da, db, B, 0, L, coef[4 * c], coef[4 * c + 1],
-                                  coef[4 * c + 2], coef[4 * c + 3], stream)
+                fastbn_dx_centered(part[2 * c], part[2 * c + 1], L, gamma[c], mean[c], invstd[c],
+                                   train, &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
+                                   &coef[4 * c + 3])
+                fastbn_chan_dx(xp + c * xs.s1, xs.s0, xs.s2, gp + c * gs.s1, gs.s0, gs.s2,
+                               dp + c * ds.s1, ds.s0, ds.s2, B, 0, L, coef[4 * c], coef[4 * c + 1],
+                               coef[4 * c + 2], coef[4 * c + 3], stream)
         else:
-            _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split,
+            _chans_grad_sums_all(xp, xs.s0, xs.s1, xs.s2, gp, gs.s0, gs.s1, gs.s2, B, L, C, split,
                                  nthreads, &mean[0], part, sdy, sdyx)
             for c in range(C):
                 dbeta[c] = <floating>sdy[c]
                 dgamma[c] = <floating>(sdyx[c] * invstd[c])
-                _dx_centered(sdy[c], sdyx[c], L, gamma[c], mean[c], invstd[c], train,
-                             &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
-                             &coef[4 * c + 3])
-            _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
-                          nthreads, coef, stream)
+                fastbn_dx_centered(sdy[c], sdyx[c], L, gamma[c], mean[c], invstd[c], train,
+                                   &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
+                                   &coef[4 * c + 3])
+            _chans_dx_all(xp, xs.s0, xs.s1, xs.s2, gp, gs.s0, gs.s1, gs.s2, dp, ds.s0, ds.s1, ds.s2,
+                          B, L, C, split, nthreads, coef, stream)
     fastbn_leave()
     free(part)
     free(coef)

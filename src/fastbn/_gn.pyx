@@ -17,7 +17,7 @@ shape-consistent arguments of one dtype, with G dividing C.
 from cython.parallel cimport prange
 from cython cimport floating
 
-from fastbn._kernels cimport fastbn_kernel_isa
+from fastbn._cheaders cimport fastbn_kernel_isa
 
 
 cdef extern from "fastbn/groupnorm.h" nogil:

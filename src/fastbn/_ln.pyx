@@ -29,16 +29,26 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
-from fastbn._kernels cimport (
-    _add_row_partials, _center_fold, _finish_moments, _row_chunks, _rows_sums,
-    fastbn_kernel_isa,
-    fastbn_seg_sums_d, fastbn_seg_sums_f,
+from fastbn._cheaders cimport (
+    fastbn_active, fastbn_center_fold, fastbn_finish1, fastbn_kernel_isa, fastbn_leave,
+    fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
 )
+from fastbn._kernels cimport Steps, _steps, _add_row_partials, _row_chunks
 
 
 def kernel_isa():
     """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
     return fastbn_kernel_isa.decode()
+
+
+def _active_calls():
+    """Kernel calls of this module running right now (for tests)."""
+    return fastbn_active()
+
+
+def _team_size(int nthreads):
+    """The threads a kernel call of this module starting now would get (for tests)."""
+    return fastbn_team_size(nthreads)
 
 
 cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -64,10 +74,7 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
             # the channel-run sums of batch norm: four float64 accumulators
             acc[0] = 0.0
             acc[1] = 0.0
-            if floating is float:
-                fastbn_seg_sums_f(xr, D, c, acc)
-            else:
-                fastbn_seg_sums_d(xr, D, c, acc)
+            fastbn_seg_sums(xr, D, c, acc)
             s1 = acc[0]
             s2 = acc[1]
         else:
@@ -75,13 +82,13 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                 v = xr[j * sd] - c
                 s1 += v
                 s2 += v * v
-        _finish_moments(s1, s2, D, c, eps, &mean[i], &var, &invstd[i])
+        fastbn_finish1(s1, s2, <double>D, c, eps, &mean[i], &var, &invstd[i])
         alpha = invstd[i]
         shift = -mean[i] * alpha
         if floating is float and sd == 1 and yd == 1:
             # in float32 (twice the vector width), centred as in batch norm's
             # output pass: exact x - m near the mean, the rest in the offset
-            _center_fold(mean[i], alpha, 0.0, &mf, &af, &of)
+            fastbn_center_fold(mean[i], alpha, 0.0, &mf, &af, &of)
             for j in range(D):
                 yrow[j] = gamma[j] * ((xr[j] - mf) * af + of) + beta[j]
         elif sd == 1 and yd == 1:
@@ -90,7 +97,6 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         else:
             for j in range(D):
                 yrow[j * yd] = <floating>(gamma[j] * (xr[j * sd] * alpha + shift) + beta[j])
-
 
 
 cdef inline void _backward_row_pair(const floating* x0, const floating* g0,
@@ -105,7 +111,7 @@ cdef inline void _backward_row_pair(const floating* x0, const floating* g0,
     cdef floating* d1 = d0 + dr
     cdef double mu0 = mean[0], mu1 = mean[1], inv0 = invstd[0], inv1 = invstd[1]
     cdef double sg0 = 0.0, sgx0 = 0.0, sg1 = 0.0, sgx1 = 0.0
-    cdef double a0, a1, c0, c1, xc0, xc1, gj, b0, b1, e0, e1
+    cdef double a0, a1, xc0, xc1, gj, b0, b1, e0, e1
     cdef Py_ssize_t j
     for j in range(D):
         a0 = g0[j]
@@ -133,13 +139,13 @@ cdef inline void _dx_row(const floating* xr, const floating* grow, floating* dro
     """dx = inv * gamma * g + b * (x - mu) + c0 over one contiguous row.
 
     float32 rows compute in float32 (twice the vector width), centred as in
-    batch norm's dx pass (_center_fold): x - m is exact near the mean.
+    batch norm's dx pass (fastbn_center_fold): x - m is exact near the mean.
     """
     cdef Py_ssize_t j
     cdef floating ca, cb, m, cc
     if floating is float:
         ca = <float>inv
-        _center_fold(mu, b, c0, &m, &cb, &cc)
+        fastbn_center_fold(mu, b, c0, &m, &cb, &cc)
         for j in range(D):
             drow[j] = ca * (gamma[j] * grow[j]) + cb * (xr[j] - m) + cc
     else:
@@ -248,10 +254,9 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         # the block's row sums are batch norm's column sums of its transpose
         # (features as rows, rows as columns): _rows_sums' four-row sweeps
         # load and store the per-row accumulators once per four features
-        _rows_sums(x + i0 * sr, sd, sr, nb, 0, D, c, s1, s2)
+        fastbn_rows_sums(x + i0 * sr, sd, sr, nb, 0, D, c, s1, s2)
         for k in range(nb):
-            _finish_moments(s1[k], s2[k], D, c[k], eps, &mean[i0 + k], &var,
-                            &invstd[i0 + k])
+            fastbn_finish1(s1[k], s2[k], <double>D, c[k], eps, &mean[i0 + k], &var, &invstd[i0 + k])
             alpha[k] = invstd[i0 + k]
             shift[k] = -mean[i0 + k] * alpha[k]
         for j in range(D):
@@ -366,24 +371,24 @@ def forward(const floating[:, :] x, const floating[::1] gamma,
             double[::1] mean, double[::1] invstd, int nthreads):
     """Layer-norm forward on (N, D); fills the per-row mean and invstd (float64)."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yr = out.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t yd = out.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps ys = _steps(out.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
-    cdef bint cols = _column_major(R, D, sr, sd)
+    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     with nogil:
+        nthreads = fastbn_team(nthreads)
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             if cols:
-                _forward_cols(xp, sr, sd, yp, yr, yd, D, t * R // nch,
+                _forward_cols(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
                               (t + 1) * R // nch, &gamma[0], &beta[0], eps,
                               &mean[0], &invstd[0])
             else:
-                _forward_rows(xp, sr, sd, yp, yr, yd, D, t * R // nch,
+                _forward_rows(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
                               (t + 1) * R // nch, &gamma[0], &beta[0], eps,
                               &mean[0], &invstd[0])
+    fastbn_leave()
 
 
 def backward(const floating[:, :] x, const floating[:, :] dout,
@@ -392,12 +397,9 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
              floating[::1] dgamma, floating[::1] dbeta, int nthreads):
     """Fused layer-norm backward on (N, D): dx, dgamma and dbeta."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
+    cdef Steps ds = _steps(dx.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
@@ -408,19 +410,21 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* sgamma = part + 2 * nch * D
     cdef double* sbeta = sgamma + D
-    cdef bint cols = _column_major(R, D, sr, sd)
+    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     with nogil:
+        nthreads = fastbn_team(nthreads)
         for t in prange(nch, num_threads=nthreads, schedule="static"):
             if cols:
-                _backward_cols(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                               (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
+                _backward_cols(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
+                               t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
                                part + 2 * t * D, part + (2 * t + 1) * D)
             else:
-                _backward_rows(xp, sr, sd, gp, gr, gd, dp, dr, dd, D, t * R // nch,
-                               (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
+                _backward_rows(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
+                               t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
                                part + 2 * t * D, part + (2 * t + 1) * D)
         _add_row_partials(part, nch, D, sgamma, sbeta)
         for j in range(D):
             dgamma[j] = <floating>sgamma[j]
             dbeta[j] = <floating>sbeta[j]
+    fastbn_leave()
     free(part)

@@ -13,8 +13,8 @@ and backward likewise: per-feature partial sums ``sum(dy)`` and
 ``sum(dy * (x - mean))``, a sum across processes, then the ``dx`` step.
 
 The reductions and the dx coefficients are the very functions of
-``_kernels.pxd`` the fused kernels call (``_rows_sums_all``,
-``_chans_grad_sums_all``, ``_dx_centered``, ...), so the pieces compute
+``_kernels.pxd`` and ``include/fastbn`` the fused kernels call (``_rows_sums_all``,
+``_chans_grad_sums_all``, ``fastbn_dx_centered``, ...), so the pieces compute
 exactly what the fused path computes.  The normalize step needs nothing
 beyond the fused module's ``rows_normalize``/``chans_normalize``, which
 :mod:`fastbn.moments` calls directly.  The Python layer validates arguments
@@ -24,15 +24,29 @@ shape-consistent arguments.
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
+from fastbn._cheaders cimport (
+    fastbn_active, fastbn_dx_centered, fastbn_kernel_isa, fastbn_leave, fastbn_team,
+    fastbn_team_size,
+)
 from fastbn._kernels cimport (
-    _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split, _dx_centered,
-    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all, fastbn_kernel_isa,
+    Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split,
+    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
 )
 
 
 def kernel_isa():
     """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
     return fastbn_kernel_isa.decode()
+
+
+def _active_calls():
+    """Kernel calls of this module running right now (for tests)."""
+    return fastbn_active()
+
+
+def _team_size(int nthreads):
+    """The threads a kernel call of this module starting now would get (for tests)."""
+    return fastbn_team_size(nthreads)
 
 
 cdef inline void _moments_from_sums(double s1, double s2, double n, double center,
@@ -58,8 +72,7 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
     the fused forward; threads' partial sums share that shift and add.
     """
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
@@ -69,11 +82,13 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
     cdef double* s1 = center + D
     cdef double* s2 = s1 + D
     with nogil:
+        nthreads = fastbn_team(nthreads)
         for j in range(D):
-            center[j] = xp[j * sd]
-        _rows_sums_all(xp, sr, sd, R, D, nch, nthreads, center, part, s1, s2)
+            center[j] = xp[j * xs.s1]
+        _rows_sums_all(xp, xs.s0, xs.s1, R, D, nch, nthreads, center, part, s1, s2)
         for j in range(D):
             _moments_from_sums(s1[j], s2[j], <double>R, center[j], &mean[j], &m2[j])
+    fastbn_leave()
     free(part)
 
 
@@ -81,9 +96,7 @@ def chans_moments(const floating[:, :, :] x, double[::1] mean, double[::1] m2,
                   int nthreads):
     """Per-channel mean and M2 of an (A, C, B) view (statistics over A and B)."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t c
@@ -94,9 +107,11 @@ def chans_moments(const floating[:, :, :] x, double[::1] mean, double[::1] m2,
     cdef double* s1 = part + 2 * C * split
     cdef double* s2 = s1 + C
     with nogil:
-        _chans_sums_all(xp, sa, sc, sb, B, L, C, split, nthreads, part, s1, s2)
+        nthreads = fastbn_team(nthreads)
+        _chans_sums_all(xp, xs.s0, xs.s1, xs.s2, B, L, C, split, nthreads, part, s1, s2)
         for c in range(C):
-            _moments_from_sums(s1[c], s2[c], <double>L, xp[c * sc], &mean[c], &m2[c])
+            _moments_from_sums(s1[c], s2[c], <double>L, xp[c * xs.s1], &mean[c], &m2[c])
+    fastbn_leave()
     free(part)
 
 
@@ -121,7 +136,7 @@ cdef inline void _merge_into(double na, const double* ma, const double* qa,
     builds, arm64): a reduction tree combining in either order gives every
     process the same statistics.  An empty side returns the other unchanged.
     """
-    cdef double n = na + nb[0], w, delta, n1, n2, m1, m2, q1, q2
+    cdef double n = na + nb[0], w, delta, n2, m1, m2, q1, q2
     cdef Py_ssize_t j
     cdef bint a_first
     if na == 0.0:
@@ -169,10 +184,8 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
                    int nthreads):
     """sdy = sum(dout), sdyx = sum(dout * (x - mean)) per column of an (R, D) view."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
@@ -180,8 +193,10 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
-        _rows_grad_sums_all(xp, sr, sd, gp, gr, gd, R, D, nch, nthreads, &mean[0], part,
+        nthreads = fastbn_team(nthreads)
+        _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, &mean[0], part,
                             &sdy[0], &sdyx[0])
+    fastbn_leave()
     free(part)
 
 
@@ -190,12 +205,8 @@ def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
                     int nthreads):
     """Per-channel sum(dout) and sum(dout * (x - mean)) of (A, C, B) views."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ga = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gc = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef const floating* xp = &x[0, 0, 0]
@@ -204,8 +215,10 @@ def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
-        _chans_grad_sums_all(xp, sa, sc, sb, gp, ga, gc, gb, B, L, C, split, nthreads,
-                             &mean[0], part, &sdy[0], &sdyx[0])
+        nthreads = fastbn_team(nthreads)
+        _chans_grad_sums_all(xp, xs.s0, xs.s1, xs.s2, gp, gs.s0, gs.s1, gs.s2, B, L, C, split,
+                             nthreads, &mean[0], part, &sdy[0], &sdyx[0])
+    fastbn_leave()
     free(part)
 
 
@@ -220,12 +233,9 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
             int nthreads, bint stream=False):
     """The input gradient on (R, D) views from per-feature sums over ``count`` values."""
     cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Py_ssize_t sr = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sd = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gr = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gd = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dr = dx.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dd = dx.strides[1] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
+    cdef Steps ds = _steps(dx.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
@@ -234,11 +244,13 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        nthreads = fastbn_team(nthreads)
         for j in range(D):
-            _dx_centered(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
-                         &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
-        _rows_dx_all(xp, sr, sd, gp, gr, gd, dp, dr, dd, R, D, nch, nthreads, coef,
-                     stream)
+            fastbn_dx_centered(sdy[j], sdyx[j], count, gamma[j], mean[j], invstd[j], train,
+                               &coef[j], &coef[D + j], &coef[2 * D + j], &coef[3 * D + j])
+        _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
+                     coef, stream)
+    fastbn_leave()
     free(coef)
 
 
@@ -248,15 +260,9 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
              floating[:, :, :] dx, int nthreads, bint stream=False):
     """The input gradient on (A, C, B) views from per-channel sums over ``count`` values."""
     cdef Py_ssize_t A = x.shape[0], C = x.shape[1], B = x.shape[2]
-    cdef Py_ssize_t sa = x.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sc = x.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t sb = x.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t ga = dout.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gc = dout.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t gb = dout.strides[2] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t da = dx.strides[0] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t dc = dx.strides[1] // <Py_ssize_t>sizeof(floating)
-    cdef Py_ssize_t db = dx.strides[2] // <Py_ssize_t>sizeof(floating)
+    cdef Steps xs = _steps(x.strides, 3, sizeof(floating))
+    cdef Steps gs = _steps(dout.strides, 3, sizeof(floating))
+    cdef Steps ds = _steps(dx.strides, 3, sizeof(floating))
     cdef Py_ssize_t L = A * B
     cdef Py_ssize_t split = _channel_split(C, L, nthreads)
     cdef Py_ssize_t c
@@ -267,10 +273,11 @@ def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
+        nthreads = fastbn_team(nthreads)
         for c in range(C):
-            _dx_centered(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
-                         &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2],
-                         &coef[4 * c + 3])
-        _chans_dx_all(xp, sa, sc, sb, gp, ga, gc, gb, dp, da, dc, db, B, L, C, split,
-                      nthreads, coef, stream)
+            fastbn_dx_centered(sdy[c], sdyx[c], count, gamma[c], mean[c], invstd[c], train,
+                               &coef[4 * c], &coef[4 * c + 1], &coef[4 * c + 2], &coef[4 * c + 3])
+        _chans_dx_all(xp, xs.s0, xs.s1, xs.s2, gp, gs.s0, gs.s1, gs.s2, dp, ds.s0, ds.s1, ds.s2, B,
+                      L, C, split, nthreads, coef, stream)
+    fastbn_leave()
     free(coef)

@@ -5,19 +5,9 @@
 which is why the Python side asks here instead of caching os.cpu_count().
 """
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int fastbn_openmp_enabled(void) { return 1; }
-    static int fastbn_omp_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int fastbn_openmp_enabled(void) { return 0; }
-    static int fastbn_omp_max_threads(void) { return 1; }
-    #endif
-    """
-    int fastbn_openmp_enabled() nogil
-    int fastbn_omp_max_threads() nogil
+cdef extern from "fastbn/openmp.h" nogil:
+    int fastbn_openmp_enabled() noexcept
+    int fastbn_omp_max_threads() noexcept
 
 
 def openmp_enabled():
