@@ -8,6 +8,7 @@ starting now would get (``_team_size``); here a second Python thread keeps a
 kernel of the module busy while the main thread asks both.
 """
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,14 +62,13 @@ def test_a_call_during_another_gets_one_thread(name):
     seen = []
     try:
         # on a loaded machine the worker may be between calls at any one
-        # look; it is inside one at some look within the time limit
-        for _ in range(200_000):
-            if stop.is_set():
-                break
+        # look; it is inside one at some look within the time limit (the
+        # short sleeps hand it the GIL it needs to start a call)
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and len(seen) < 3 and time.monotonic() < deadline:
             if mod._active_calls() == 1:
                 seen.append(mod._team_size(4))
-                if len(seen) >= 3:
-                    break
+            time.sleep(0.0002)
     finally:
         stop.set()
         worker.join(60)
