@@ -25,10 +25,10 @@ def _modules():
     """Every module of the package that this CPU can load (``__main__`` runs the CLI)."""
     names = ["fastbn"] + sorted(f"fastbn.{m.name}" for m in pkgutil.iter_modules([str(PACKAGE_DIR)])
                                 if m.name != "__main__")
-    # an AVX2 build's init code runs AVX2 instructions: SIGILL on a CPU without them
-    if not importlib.import_module("fastbn._bn").cpu_has_avx2_fma():
-        names = [n for n in names if not n.endswith("_avx2")]
-    return names
+    # a wider build's init code runs its instructions: SIGILL on a CPU without them
+    supports = importlib.import_module("fastbn._dispatch").cpu_supports
+    return [n for n in names
+            if n.rsplit("_", 1)[-1] not in ("avx2", "avx512") or supports(n.rsplit("_", 1)[-1])]
 
 
 MODULES = _modules()
