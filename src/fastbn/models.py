@@ -53,10 +53,11 @@ class FullyConnectedNet:
     Raises
     ------
     ValueError
-        For an unknown ``normalization``, a ``dropout`` keep probability outside
-        (0, 1], or layer sizes that are not positive integers.
+        For an unknown ``normalization``, a keep probability outside (0, 1],
+        or layer sizes that are not positive integers.
     TypeError
-        For a dtype other than float32 and float64.
+        For a dtype other than float32 and float64, or both
+        ``dropout_keep_ratio`` and ``dropout`` given.
 
     Notes
     -----
