@@ -2,8 +2,8 @@
 """A small cache of freed output buffers, plugged into NumPy's allocator.
 
 A fresh multi-megabyte output costs more than the kernel that fills it: the
-OS maps new pages and zeroes every one on first touch (4 ms of a 10 ms
-backward pass on a 51 MB batch here), and NumPy hands large blocks straight
+OS maps new pages and zeroes every one on first touch (on a 51 MB batch that
+is a large part of a backward pass), and NumPy hands large blocks straight
 back to the OS on free.  A training loop allocates the same shapes every
 step, so fastbn keeps the last few freed outputs and hands them out again.
 
