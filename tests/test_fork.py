@@ -58,6 +58,9 @@ PRELUDE = textwrap.dedent("""
             want = serial(seed) if threads == 1 else run(seed)
             assert np.array_equal(got, want), "child result differs"
 
+    # a team of 2 whatever else the machine runs (fastbn._cpus would shrink
+    # it under load), so parent and children compute with the same split
+    _config._cpus.free_cpus = lambda: 2
     fastbn.set_num_threads(2)
     run()                               # the parent starts its OpenMP team
     # libgomp: a forked child runs serially; libomp (the wheels): it keeps its threads
@@ -130,7 +133,7 @@ def test_child_process_never_hangs(scenario, tmp_path):
     here = os.path.dirname(os.path.dirname(os.path.abspath(fastbn.__file__)))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, FASTBN_NUM_THREADS="2", PYTHONPATH=path)
-    # a session of its own, so a timeout ends the hung grandchildren too
+    # its own process group, so a timeout ends the hung grandchildren too
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
