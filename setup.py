@@ -76,14 +76,21 @@ if LIMITED_API and LIMITED_API != "cp311":
     sys.exit(f"fastbn: FASTBN_PY_LIMITED_API must be 'cp311' (or empty), got {LIMITED_API!r}")
 
 
-# Kernel modules compiled a second time for x86-64 CPUs with AVX2 and FMA
-# (Haswell, 2013, and later): same source, wider vectors.  The baseline
-# module stays plain x86-64 and fastbn.compiled loads the variant only when
-# the running CPU has both features, so every wheel still runs everywhere.
-ISA_VARIANTS = {"_bn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
-                "_moments_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
-                "_ln_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
-                "_gn_avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+# Kernel modules compiled again for wider x86-64 instruction sets: AVX2 and
+# FMA (Haswell, 2013, and later) and AVX-512 F/BW/VL/DQ (Skylake-SP, Zen 4).
+# Same source, wider vectors.  The baseline module stays plain x86-64 and
+# fastbn._dispatch loads a variant only when the running CPU has its
+# features, so every wheel still runs everywhere.  A kernel module "_name"
+# may have the variants "_name_avx2" and "_name_avx512": thin .pyx files
+# that include "_name.pyx" (a variant without its .pyx is not built).
+ISA_FLAGS = {
+    "avx2": {"unix": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
+    "avx512": {"unix": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2",
+                        "-mprefer-vector-width=512"],
+               "msvc": ["/arch:AVX512"]},
+}
+KERNEL_MODULES = ("_bn", "_moments", "_ln", "_gn")
+ISA_VARIANTS = {f"{mod}_{isa}": flags for mod in KERNEL_MODULES for isa, flags in ISA_FLAGS.items()}
 
 
 def _compiler_accepts(compiler, flags):

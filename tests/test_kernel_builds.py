@@ -1,8 +1,8 @@
-"""Both builds of the kernel module (baseline x86-64 and AVX2+FMA) agree with the reference.
+"""Every build of the kernel modules (baseline x86-64, AVX2+FMA, AVX-512) agrees with the reference.
 
-The top-level tests run whichever build ``fastbn.compiled`` selected; these
-run each build the CPU can execute on the same generated cases, so the one
-not selected here is tested too.
+The top-level tests run whichever build ``fastbn._dispatch`` selected; these
+run each build the CPU can execute on the same generated cases, so the ones
+not selected here are tested too.
 """
 import importlib
 import importlib.util
@@ -18,17 +18,26 @@ from conftest import TOL, make_case, with_layout
 
 
 def _builds(name="_bn", id_prefix=""):
-    """The baseline and AVX2 builds of kernel module ``name``, as test params."""
-    avx2 = f"{name}_avx2"
-    marks = []
-    # Ask the CPU before importing: even loading the AVX2 module (its init code
-    # is compiled with -mavx2) dies of SIGILL on a CPU without AVX2.
-    if not _dispatch.cpu_supports("avx2"):
-        marks = [pytest.mark.skip("CPU lacks AVX2/FMA")]
-    elif importlib.util.find_spec(f"fastbn.{avx2}") is None:
-        marks = [pytest.mark.skip("not built")]
-    return [pytest.param(name, id=f"{id_prefix}baseline"),
-            pytest.param(avx2, id=f"{id_prefix}avx2", marks=marks)]
+    """Every build of kernel module ``name`` (baseline, AVX2, AVX-512), as test params."""
+    params = [pytest.param(name, id=f"{id_prefix}baseline")]
+    for isa in ("avx2", "avx512"):
+        variant = f"{name}_{isa}"
+        marks = []
+        # Ask the CPU before importing: even loading a wider build (its init
+        # code is compiled with the wider flags) dies of SIGILL on a CPU
+        # without them.
+        if not _dispatch.cpu_supports(isa):
+            marks = [pytest.mark.skip(f"CPU lacks {isa}")]
+        elif importlib.util.find_spec(f"fastbn.{variant}") is None:
+            marks = [pytest.mark.skip("not built")]
+        params.append(pytest.param(variant, id=f"{id_prefix}{isa}", marks=marks))
+    return params
+
+
+def _isa_of(module_name):
+    """The instruction set a build's module name says: ``_bn_avx2`` -> ``avx2``."""
+    suffix = module_name.rsplit("_", 1)[-1]
+    return suffix if suffix in ("avx2", "avx512") else "baseline"
 
 
 def _use_build(request, monkeypatch, owner, attr):
@@ -97,7 +106,7 @@ def test_build_channel_runs_match_reference(build, rng, dtype, run):
 
 
 def test_build_reports_its_isa(build):
-    assert build.kernel_isa() == ("avx2" if build.__name__.endswith("avx2") else "baseline")
+    assert build.kernel_isa() == _isa_of(build.__name__)
 
 
 def _selected(env_value):
@@ -111,6 +120,23 @@ def test_fastbn_kernels_env_forces_baseline():
     r = _selected("baseline")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "baseline"
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_fastbn_kernels_env_forces_a_wider_build(isa):
+    r = _selected(isa)
+    # the child's CPU decides, asked in a child: under qemu-user only this
+    # process is emulated, the interpreters it starts run on the host CPU
+    probe = subprocess.run([sys.executable, "-c", "from fastbn import _dispatch; "
+                            f"print(_dispatch.cpu_supports({isa!r}))"],
+                           env=dict(os.environ, FASTBN_KERNELS="baseline"),
+                           capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    if probe.stdout.strip() != "True" or importlib.util.find_spec(f"fastbn._bn_{isa}") is None:
+        assert r.returncode != 0 and "FASTBN_KERNELS" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == isa
 
 
 def test_fastbn_kernels_env_rejects_unknown_value():
@@ -231,8 +257,7 @@ def test_ln_build_matches_reference(ln_build, rng, dtype, shape, layout, offset)
 
 
 def test_ln_build_reports_its_isa(ln_build):
-    assert ln_build.kernel_isa() == ("avx2" if ln_build.__name__.endswith("avx2")
-                                     else "baseline")
+    assert ln_build.kernel_isa() == _isa_of(ln_build.__name__)
 
 
 def test_ln_follows_the_batchnorm_build():

@@ -31,8 +31,9 @@ from cython cimport floating
 
 from fastbn._cheaders cimport (
     fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
-    fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma, fastbn_dx_centered,
-    fastbn_dx_coef, fastbn_finish1, fastbn_finish_moments_v, fastbn_fold_forward,
+    fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma,
+    fastbn_cpu_has_avx512, fastbn_dx_centered, fastbn_dx_coef, fastbn_finish1,
+    fastbn_finish_moments_v, fastbn_fold_forward,
     fastbn_kernel_isa, fastbn_leave, fastbn_team, fastbn_team_size,
 )
 from fastbn._kernels cimport (
@@ -57,8 +58,13 @@ def cpu_has_avx2_fma():
     return bool(fastbn_cpu_has_avx2_fma())
 
 
+def cpu_has_avx512():
+    """True when the running CPU (and OS) can execute the AVX-512 kernels."""
+    return bool(fastbn_cpu_has_avx512())
+
+
 def kernel_isa():
-    """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
+    """The instruction set this module was compiled for: 'baseline', 'avx2' or 'avx512'."""
     return fastbn_kernel_isa.decode()
 
 

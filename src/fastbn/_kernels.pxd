@@ -41,6 +41,15 @@ cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:
     return R if R < nthreads else nthreads
 
 
+cdef inline Py_ssize_t _chunk_row(Py_ssize_t t, Py_ssize_t R, Py_ssize_t nch) noexcept nogil:
+    """First row of row chunk t of nch (t = nch: R).  A multiple of 8, the
+    float32 kernels' row block, so the blocks and their float32 sums are the
+    same whatever the team size."""
+    if t >= nch:
+        return R
+    return (t * R // nch) // 8 * 8
+
+
 cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
                                       int nthreads) noexcept nogil:
     """How many slices to cut each channel into so all threads have work."""
@@ -99,8 +108,8 @@ cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; nch row chunks."""
     cdef Py_ssize_t t
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_sums(x, sr, sd, D, t * R // nch, (t + 1) * R // nch, center, part + 2 * t * D,
-                         part + (2 * t + 1) * D)
+        fastbn_rows_sums(x, sr, sd, D, _chunk_row(t, R, nch), _chunk_row(t + 1, R, nch), center,
+                         part + 2 * t * D, part + (2 * t + 1) * D)
     _add_row_partials(part, nch, D, s1, s2)
 
 
@@ -112,8 +121,9 @@ cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_
     """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
     cdef Py_ssize_t t
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, t * R // nch, (t + 1) * R // nch, mean,
-                              part + 2 * t * D, part + (2 * t + 1) * D)
+        fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, _chunk_row(t, R, nch),
+                              _chunk_row(t + 1, R, nch), mean, part + 2 * t * D,
+                              part + (2 * t + 1) * D)
     _add_row_partials(part, nch, D, sdy, sdyx)
 
 
@@ -161,8 +171,8 @@ cdef inline void _rows_normalize_all(const floating* x, Py_ssize_t sr, Py_ssize_
     """y = (x - m) * alpha + beta with coef = [m(D), alpha(D), beta(D)]; nch row chunks."""
     cdef Py_ssize_t t
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_normalize(x, sr, sd, y, yr, yd, D, t * R // nch, (t + 1) * R // nch, coef,
-                              coef + D, coef + 2 * D, nt)
+        fastbn_rows_normalize(x, sr, sd, y, yr, yd, D, _chunk_row(t, R, nch),
+                              _chunk_row(t + 1, R, nch), coef, coef + D, coef + 2 * D, nt)
 
 
 cdef inline void _chans_normalize_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,
@@ -189,8 +199,8 @@ cdef inline void _rows_dx_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     """dx = ca*dy + cb*(x - m) + cc with coef = [ca(D), cb(D), m(D), cc(D)]; nch row chunks."""
     cdef Py_ssize_t t
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_dx(x, sr, sd, dy, gr, gd, dx, dr, dd, D, t * R // nch, (t + 1) * R // nch, coef,
-                       coef + D, coef + 2 * D, coef + 3 * D, nt)
+        fastbn_rows_dx(x, sr, sd, dy, gr, gd, dx, dr, dd, D, _chunk_row(t, R, nch),
+                       _chunk_row(t + 1, R, nch), coef, coef + D, coef + 2 * D, coef + 3 * D, nt)
 
 
 cdef inline void _chans_dx_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,

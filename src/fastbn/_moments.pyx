@@ -35,7 +35,7 @@ from fastbn._kernels cimport (
 
 
 def kernel_isa():
-    """The instruction set this module was compiled for: 'baseline' or 'avx2'."""
+    """The instruction set this module was compiled for: 'baseline', 'avx2' or 'avx512'."""
     return fastbn_kernel_isa.decode()
 
 

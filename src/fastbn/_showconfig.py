@@ -73,8 +73,8 @@ def _config():
             "isa_level": _isa_level(machine, isa),
             "isa_macros": isa,
             # batch-norm kernels: the builds installed, and the one in use
-            "kernel_builds": ["baseline"] + (["avx2"] if importlib.util.find_spec(
-                "fastbn._bn_avx2") else []),
+            "kernel_builds": ["baseline"] + [isa for isa in ("avx2", "avx512")
+                                             if importlib.util.find_spec(f"fastbn._bn_{isa}")],
             "kernels": compiled.KERNEL_ISA,
             "compile_command": _buildinfo.compile_command(),
             "extra_compile_args": _buildinfo.extra_compile_args(),

@@ -11,14 +11,26 @@ static inline int fastbn_cpu_has_avx2_fma(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+/* ... and the AVX-512 build (F, BW, VL and DQ, with AVX2 and FMA) */
+static inline int fastbn_cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return fastbn_cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+}
 #else
 static inline int fastbn_cpu_has_avx2_fma(void) { return 0; } /* no runtime check here */
+static inline int fastbn_cpu_has_avx512(void) { return 0; }
 #endif
 
 /* The instruction set of the including module's build: each kernel module
-   (baseline and AVX2 builds of _bn, _moments, _ln) reports its own.  MSVC's
+   (baseline, AVX2 and AVX-512 builds of _bn, _moments, _ln) reports its own.  MSVC's
    /arch:AVX2 uses FMA but defines no __FMA__. */
-#if defined(__AVX2__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+static const char fastbn_kernel_isa[] = "avx512";
+#elif defined(__AVX2__)
 static const char fastbn_kernel_isa[] = "avx2";
 #else
 static const char fastbn_kernel_isa[] = "baseline";

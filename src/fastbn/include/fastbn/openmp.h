@@ -4,11 +4,11 @@
 
 #ifdef _OPENMP
 #include <omp.h>
-static int fastbn_openmp_enabled(void) { return 1; }
-static int fastbn_omp_max_threads(void) { return omp_get_max_threads(); }
+static inline int fastbn_openmp_enabled(void) { return 1; }
+static inline int fastbn_omp_max_threads(void) { return omp_get_max_threads(); }
 #else
-static int fastbn_openmp_enabled(void) { return 0; }
-static int fastbn_omp_max_threads(void) { return 1; }
+static inline int fastbn_openmp_enabled(void) { return 0; }
+static inline int fastbn_omp_max_threads(void) { return 1; }
 #endif
 
 #endif /* FASTBN_OPENMP_H */

@@ -9,17 +9,26 @@
 #if defined(_MSC_VER)
 #include <intrin.h>
 static volatile long fastbn_active_calls = 0;
-static int fastbn_enter(void) { return (int)_InterlockedIncrement(&fastbn_active_calls) - 1; }
-static void fastbn_leave(void) { _InterlockedDecrement(&fastbn_active_calls); }
-static int fastbn_active(void) { return (int)fastbn_active_calls; }
+static inline int fastbn_enter(void)
+{
+    return (int)_InterlockedIncrement(&fastbn_active_calls) - 1;
+}
+static inline void fastbn_leave(void) { _InterlockedDecrement(&fastbn_active_calls); }
+static inline int fastbn_active(void) { return (int)fastbn_active_calls; }
 #else
 static int fastbn_active_calls = 0;
-static int fastbn_enter(void)
+static inline int fastbn_enter(void)
 {
     return __atomic_fetch_add(&fastbn_active_calls, 1, __ATOMIC_RELAXED);
 }
-static void fastbn_leave(void) { __atomic_fetch_sub(&fastbn_active_calls, 1, __ATOMIC_RELAXED); }
-static int fastbn_active(void) { return __atomic_load_n(&fastbn_active_calls, __ATOMIC_RELAXED); }
+static inline void fastbn_leave(void)
+{
+    __atomic_fetch_sub(&fastbn_active_calls, 1, __ATOMIC_RELAXED);
+}
+static inline int fastbn_active(void)
+{
+    return __atomic_load_n(&fastbn_active_calls, __ATOMIC_RELAXED);
+}
 #endif
 
 /* Register a kernel call; the number of threads it may use (1 if another
