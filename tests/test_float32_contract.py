@@ -19,7 +19,6 @@ import importlib.util
 import numpy as np
 import pytest
 
-import fastbn
 from fastbn import _dispatch, compiled, compiled_gn, compiled_ln, moments, reference
 
 F64 = np.float64
