@@ -228,3 +228,28 @@ def test_bench_cases_of_every_kind_in_process(tmp_path):
     for row in r["results"]:
         assert {"fastbn", "reference", "stream"} <= set(row["ms"])
 
+
+
+def test_under_load_report_has_the_control_and_the_stall_counts(tmp_path, capsys):
+    """A short --under-load run: every case and the NumPy control, quiet and
+    loaded, with p99, maximum and the count of calls over 5 ms, and the hog
+    stopped afterwards."""
+    import shutil
+    import subprocess
+    from fastbn.benchmark import load
+    path = tmp_path / "load.json"
+    load.run_under_load(json_path=str(path), seconds=0.05)
+    out = capsys.readouterr().out
+    got = json.loads(path.read_text())
+    labels = [r["label"] for r in got["results"]]
+    assert labels == [c.label for c in load.LOAD_CASES] + [load.CONTROL_LABEL]
+    assert load.CONTROL_LABEL in out and "calls > 5 ms" in out
+    for r in got["results"]:
+        for phase in ("quiet_ms", "loaded_ms"):
+            s = r[phase]
+            assert s["n"] >= 1 and 0 < s["median"] <= s["p99"] <= s["max"]
+            assert 0 <= s["over_slow"] <= s["n"]
+    assert got["results"][-1]["threads"] == {"quiet": 1, "loaded": 1}
+    if shutil.which("ps"):          # the hog process is gone
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "while True" not in ps

@@ -7,9 +7,15 @@ median and the slowest call of each, and the loaded/quiet median ratio.
 On a machine already shared with other jobs "quiet" only means "without
 this hog".  The last column gives the threads the kernels chose for a
 call of the case's size at the end of each phase (:func:`fastbn._config.threads_for`).
+
+The last row is a control that involves no fastbn code and no thread team:
+one thread running NumPy passes for about as long as the (256, 4096) call.
+Its slowest call is the delay the machine itself (the scheduler, a
+hypervisor) puts on a call of that length, the floor under fastbn's.
 """
 import json
 import math
+import numpy as np
 import os
 import statistics
 import subprocess
@@ -58,16 +64,38 @@ def time_for(fn, seconds):
     return times
 
 
+CONTROL_LABEL = "control: NumPy, 1 thread"
+SLOW_MS = 5.0          # the slowest call counted as a stall
+
+
+def control_call(target_s=4e-4):
+    """A call of about ``target_s`` seconds that runs no fastbn code and no
+    thread team: repeated one-thread NumPy passes over a 1 MiB array."""
+    a = np.ones(1 << 18, np.float32)
+    b = np.empty_like(a)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        np.multiply(a, 2, out=b)
+    reps = max(1, round(target_s / ((time.perf_counter() - t0) / 20)))
+
+    def call():
+        for _ in range(reps):
+            np.multiply(a, 2, out=b)
+    return call
+
+
 def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, threads=None):
-    """Per case: quiet and loaded single-call times (seconds), and the
-    threads a call of its size was given at the end of each phase."""
+    """Per case (and the control, keyed :data:`CONTROL_LABEL`): quiet and
+    loaded single-call times (seconds), and the threads a call of its size
+    was given at the end of each phase."""
     import fastbn
     saved = fastbn.get_num_threads() if threads is not None else None
     if threads is not None:
         fastbn.set_num_threads(threads)
     try:
         fns = {c: implementations(c, direction, which=("fastbn",))["fastbn"] for c in cases}
-        out = {c: {} for c in cases}
+        fns[CONTROL_LABEL] = control_call()
+        out = {c: {} for c in fns}
         for phase in ("quiet", "loaded"):
             hog = start_hog() if phase == "loaded" else None
             try:
@@ -76,7 +104,8 @@ def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, thre
                 for c, fn in fns.items():
                     out[c][phase] = time_for(fn, seconds)
                     # the team the kernels chose at the end of the phase
-                    out[c][phase + "_threads"] = threads_for(math.prod(c.shape))
+                    out[c][phase + "_threads"] = (1 if c == CONTROL_LABEL
+                                                  else threads_for(math.prod(c.shape)))
             finally:
                 if hog is not None:
                     stop_hog(hog)
@@ -86,6 +115,12 @@ def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, thre
             fastbn.set_num_threads(saved)
 
 
+def _summary(times):
+    ms = sorted(1e3 * t for t in times)
+    return {"median": statistics.median(ms), "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+            "max": ms[-1], "n": len(ms), "over_slow": sum(t > SLOW_MS for t in ms)}
+
+
 def run_under_load(threads=None, json_path=None, seconds=2.0, direction="backward"):
     """``fastbn bench --under-load``: print (and optionally save) the report."""
     import fastbn
@@ -93,11 +128,9 @@ def run_under_load(threads=None, json_path=None, seconds=2.0, direction="backwar
     rows = []
     for c, t in got.items():
         q, lo = t["quiet"], t["loaded"]
-        rows.append({**c.as_dict(), "label": c.label, "direction": direction,
-                     "quiet_ms": {"median": 1e3 * statistics.median(q), "max": 1e3 * max(q),
-                                  "n": len(q)},
-                     "loaded_ms": {"median": 1e3 * statistics.median(lo), "max": 1e3 * max(lo),
-                                   "n": len(lo)},
+        case = {"label": c} if c == CONTROL_LABEL else {**c.as_dict(), "label": c.label}
+        rows.append({**case, "direction": direction,
+                     "quiet_ms": _summary(q), "loaded_ms": _summary(lo),
                      "threads": {"quiet": t["quiet_threads"], "loaded": t["loaded_threads"]},
                      "loaded_over_quiet": statistics.median(lo) / statistics.median(q)})
     result = {"fastbn_version": fastbn.__version__, "kernels": kernel_build(),
@@ -106,12 +139,14 @@ def run_under_load(threads=None, json_path=None, seconds=2.0, direction="backwar
     print(header(result))
     print(f"fastbn {direction}, {seconds:g} s of calls per case quiet, then with a busy "
           "loop pinned to one CPU (started and stopped here)")
-    print("| case | quiet median ms | quiet max ms | loaded median ms | loaded max ms "
-          "| loaded / quiet median | threads quiet / loaded |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| case | quiet median ms | quiet max ms | loaded median ms | loaded p99 ms "
+          f"| loaded max ms | loaded calls > {SLOW_MS:g} ms | loaded / quiet median "
+          f"| threads quiet / loaded |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['quiet_ms']['median']:.3f} | {r['quiet_ms']['max']:.2f} "
-              f"| {r['loaded_ms']['median']:.3f} | {r['loaded_ms']['max']:.2f} "
+        q, lo = r["quiet_ms"], r["loaded_ms"]
+        print(f"| {r['label']} | {q['median']:.3f} | {q['max']:.2f} | {lo['median']:.3f} "
+              f"| {lo['p99']:.2f} | {lo['max']:.2f} | {lo['over_slow']} of {lo['n']} "
               f"| {r['loaded_over_quiet']:.2f}x "
               f"| {r['threads']['quiet']} / {r['threads']['loaded']} |")
     if json_path:
