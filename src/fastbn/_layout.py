@@ -59,15 +59,19 @@ def empty_like_layout(x, rows, spatial):
 
 
 def empty_like_order(x):
-    """A fresh output in x's memory order; C or Fortran ones from the buffer cache.
+    """A fresh output in x's memory order; C, Fortran and channels-last
+    (4-D, C the fastest axis) ones from the buffer cache.
 
-    For the kernels that take any strides (layer norm): the output then
-    follows the input's layout, as NumPy's ufuncs do.
+    For the kernels that take any strides (layer and group norm): the
+    output then follows the input's layout, as NumPy's ufuncs do.
     """
     if x.flags.c_contiguous:
         return empty(x.shape, x.dtype)
     if x.flags.f_contiguous:
         return empty(x.shape[::-1], x.dtype).T
+    if x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous:
+        N, C, H, W = x.shape
+        return empty((N, H, W, C), x.dtype).transpose(0, 3, 1, 2)
     return np.empty_like(x, order="K", subok=False)
 
 

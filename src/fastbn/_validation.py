@@ -337,7 +337,7 @@ def _fits(a, n, dtype):
             and a.flags.c_contiguous)
 
 
-def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
+def check_cache_arrays(x, ndim, gamma, stats, stats_axis=None, stats_len=None):
     """A compiled cache's arrays still fit together, or ValueError.
 
     The kernels index gamma and the float64 statistics without bounds checks.
@@ -354,15 +354,18 @@ def check_cache_arrays(x, ndim, gamma, stats, stats_axis):
     gamma : ndarray
         Must be C-contiguous, shape ``(x.shape[1],)``, x's dtype.
     stats : sequence of ndarray
-        Per-feature or per-row statistics: C-contiguous float64 of shape
-        ``(x.shape[stats_axis],)``.
-    stats_axis : int
+        Per-feature, per-row or per-group statistics: C-contiguous float64
+        of shape ``(x.shape[stats_axis],)`` or ``(stats_len,)``.
+    stats_axis : int, optional
         1 for batch norm (per feature), 0 for layer norm (per row).
+    stats_len : int, optional
+        The statistics' length when no axis of x gives it (group norm:
+        N * G).
     """
     ok = (type(x) is np.ndarray and x.ndim == ndim and x.dtype in FLOAT_DTYPES
           and x.size > 0 and _fits(gamma, x.shape[1], x.dtype))
     if ok:
-        n = x.shape[stats_axis]
+        n = x.shape[stats_axis] if stats_len is None else stats_len
         for s in stats:
             if not _fits(s, n, _F64):
                 ok = False

@@ -14,7 +14,8 @@ import numpy as np
 from ._alloc import empty
 from ._config import threads_for
 from ._dispatch import matching_build
-from ._validation import FLOAT_DTYPES, check_dout, check_groupnorm_args, check_out
+from ._layout import empty_like_order
+from ._validation import check_cache_arrays, check_dout, check_groupnorm_args, check_out
 
 _gn = matching_build("_gn")
 
@@ -46,16 +47,6 @@ class GroupNormCache:
 
     def __repr__(self):
         return f"<fastbn groupnorm cache, G={self.G}, x{self.x.shape} {self.x.dtype}>"
-
-
-def _empty_like(x):
-    """An output in x's memory order: NCHW and channels-last from the buffer cache."""
-    if x.flags.c_contiguous:
-        return empty(x.shape, x.dtype)
-    if x.transpose(0, 2, 3, 1).flags.c_contiguous:
-        N, C, H, W = x.shape
-        return empty((N, H, W, C), x.dtype).transpose(0, 3, 1, 2)
-    return np.empty_like(x, order="K", subok=False)
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
@@ -105,7 +96,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
     p = check_groupnorm_args(x, gamma, beta, G, gn_param)
     x = p.x
     if out is None:
-        out = _empty_like(x)
+        out = empty_like_order(x)
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
     gamma = np.ascontiguousarray(p.gamma)
@@ -132,19 +123,14 @@ def _check_cache_contents(c):
     unchecked; a cache's attributes are writable and ``c.x`` is the caller's
     array, so make sure they still agree before a kernel reads them."""
     x = c.x
-    ok = (type(x) is np.ndarray and x.ndim == 4 and x.dtype in FLOAT_DTYPES
-          and x.size > 0 and type(c.G) is int and c.G > 0)
-    if ok:
-        N, C = x.shape[:2]
-        ok = (C % c.G == 0 and c.param_shape in ((C,), (1, C, 1, 1))
-              and type(c.gamma) is np.ndarray and c.gamma.shape == (C,)
-              and c.gamma.dtype == x.dtype and c.gamma.flags.c_contiguous
-              and all(type(a) is np.ndarray and a.shape == (N * c.G,) and a.dtype == F64
-                      and a.flags.c_contiguous for a in (c.mean, c.invstd)))
+    G = c.G
+    ok = (type(x) is np.ndarray and x.ndim == 4 and type(G) is int and G > 0
+          and x.shape[1] % G == 0 and c.param_shape in ((x.shape[1],), (1, x.shape[1], 1, 1)))
     if not ok:
         raise ValueError("cache is inconsistent (its arrays were modified or the forward "
                          "input was reshaped in place after the forward pass); run the "
                          "forward pass again")
+    check_cache_arrays(x, 4, c.gamma, (c.mean, c.invstd), stats_len=x.shape[0] * G)
 
 
 def spatial_groupnorm_backward(dout, cache, dx=None):
@@ -189,7 +175,7 @@ def spatial_groupnorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = _empty_like(x)
+        dx = empty_like_order(x)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
     N, C = x.shape[:2]
