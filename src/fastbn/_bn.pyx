@@ -26,8 +26,11 @@ build) which one the running CPU can execute.  The loops themselves are C, in
 ``include/fastbn`` (declared in ``_cheaders.pxd``).
 """
 from cython.parallel cimport prange
-from libc.stdlib cimport malloc, free
+from libc.math cimport isfinite
+from libc.stdlib cimport calloc, malloc, free
 from cython cimport floating
+
+import numpy as _np
 
 from fastbn._cheaders cimport (
     fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
@@ -41,6 +44,29 @@ from fastbn._kernels cimport (
     _channel_split, _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all,
     _rows_sums_all,
 )
+
+
+cdef extern from "numpy/arrayobject.h":
+    ctypedef Py_ssize_t npy_intp
+    ctypedef struct PyArrayObject:
+        pass
+    enum:
+        NPY_FLOAT
+        NPY_DOUBLE
+        NPY_ARRAY_C_CONTIGUOUS
+        NPY_ARRAY_ALIGNED
+    int PyArray_TYPE(PyArrayObject*)
+    int PyArray_NDIM(PyArrayObject*)
+    npy_intp* PyArray_DIMS(PyArrayObject*)
+    void* PyArray_DATA(PyArrayObject*)
+    int PyArray_FLAGS(PyArrayObject*)
+    bint PyArray_ISNOTSWAPPED(PyArrayObject*)
+    object PyArray_EMPTY(int nd, npy_intp* dims, int typenum, int fortran)
+    int _import_array() except -1
+
+_import_array()
+_ndarray = _np.ndarray
+_MISSING = object()
 
 
 def _active_calls():
@@ -76,6 +102,39 @@ def kernel_isa():
 # fastbn.compiled._output); the values are the same either way.
 # --------------------------------------------------------------------------
 
+cdef int _rows_forward_train_c(const floating* xp, Steps xs, floating* yp, Steps ys,
+                               Py_ssize_t R, Py_ssize_t D, const floating* gamma,
+                               const floating* beta, double eps, double* mean, double* var,
+                               double* invstd, const floating* running_mean,
+                               const floating* running_var, double momentum,
+                               floating* new_mean, floating* new_var, int nthreads,
+                               bint stream) noexcept nogil:
+    """The train-mode forward of :func:`rows_forward_train` on raw pointers;
+    -1 when its scratch cannot be allocated (nothing written then)."""
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
+    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
+    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
+        return -1
+    cdef double* center = part + 2 * nch * D
+    cdef double* s1 = center + D
+    cdef double* s2 = s1 + D
+    nthreads = fastbn_team(nthreads)
+    for j in range(D):
+        center[j] = xp[j * xs.s1]
+    _rows_sums_all(xp, xs.s0, xs.s1, R, D, nch, nthreads, center, part, s1, s2)
+    fastbn_finish_moments_v(s1, s2, center, D, <double>R, eps, mean, var, invstd)
+    fastbn_fold_forward(D, mean, var, invstd, gamma, beta, coef, coef + D, coef + 2 * D,
+                        running_mean, running_var, momentum, new_mean, new_var)
+    _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef, stream)
+    fastbn_leave()
+    free(part)
+    free(coef)
+    return 0
+
+
 def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
                        const floating[::1] beta, double eps, floating[:, :] out,
                        double[:, ::1] stats, const floating[::1] running_mean,
@@ -87,38 +146,16 @@ def rows_forward_train(const floating[:, :] x, const floating[::1] gamma,
     (2, D) with ``momentum * running + (1 - momentum) * batch`` (float64
     arithmetic) for the running mean and variance.
     """
-    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef double* mean = &stats[0, 0]
-    cdef double* var = &stats[1, 0]
-    cdef double* invstd = &stats[2, 0]
-    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
-    cdef Steps ys = _steps(out.strides, 2, sizeof(floating))
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &out[0, 0]
-    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
-    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
-    if part == NULL or coef == NULL:
-        free(part)
-        free(coef)
-        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* center = part + 2 * nch * D
-    cdef double* s1 = center + D
-    cdef double* s2 = s1 + D
+    cdef int rc
     with nogil:
-        nthreads = fastbn_team(nthreads)
-        for j in range(D):
-            center[j] = xp[j * xs.s1]
-        _rows_sums_all(xp, xs.s0, xs.s1, R, D, nch, nthreads, center, part, s1, s2)
-        fastbn_finish_moments_v(s1, s2, center, D, <double>R, eps, mean, var, invstd)
-        fastbn_fold_forward(D, mean, var, invstd, &gamma[0], &beta[0], coef, coef + D, coef + 2 * D,
-                            &running_mean[0], &running_var[0], momentum, &new_running[0, 0],
-                            &new_running[1, 0])
-        _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef,
-                            stream)
-    fastbn_leave()
-    free(part)
-    free(coef)
+        rc = _rows_forward_train_c(&x[0, 0], _steps(x.strides, 2, sizeof(floating)), &out[0, 0],
+                                   _steps(out.strides, 2, sizeof(floating)), x.shape[0],
+                                   x.shape[1], &gamma[0], &beta[0], eps, &stats[0, 0],
+                                   &stats[1, 0], &stats[2, 0], &running_mean[0],
+                                   &running_var[0], momentum, &new_running[0, 0],
+                                   &new_running[1, 0], nthreads, stream)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
 
 
 def chans_forward_train(const floating[:, :, :] x, const floating[::1] gamma,
@@ -227,39 +264,50 @@ def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
     free(coef)
 
 
+cdef int _rows_backward_c(const floating* xp, Steps xs, const floating* gp, Steps gs,
+                          floating* dp, Steps ds, Py_ssize_t R, Py_ssize_t D,
+                          const floating* gamma, const double* mean, const double* invstd,
+                          bint train, floating* dgamma, floating* dbeta, int nthreads,
+                          bint stream) noexcept nogil:
+    """The backward of :func:`rows_backward` on raw pointers; -1 when its
+    scratch cannot be allocated (nothing written then)."""
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads)
+    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
+    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
+    if part == NULL or coef == NULL:
+        free(part)
+        free(coef)
+        return -1
+    cdef double* sdy = part + 2 * nch * D
+    cdef double* sdyx = sdy + D
+    nthreads = fastbn_team(nthreads)
+    _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, mean, part,
+                        sdy, sdyx)
+    fastbn_dx_coef(D, sdy, sdyx, <double>R, gamma, mean, invstd, train, coef, coef + D,
+                   coef + 2 * D, coef + 3 * D, dgamma, dbeta)
+    _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
+                 coef, stream)
+    fastbn_leave()
+    free(part)
+    free(coef)
+    return 0
+
+
 def rows_backward(const floating[:, :] x, const floating[:, :] dout,
                   const floating[::1] gamma, const double[::1] mean,
                   const double[::1] invstd, bint train, floating[:, :] dx,
                   floating[::1] dgamma, floating[::1] dbeta, int nthreads,
                   bint stream=False):
     """Fused backward on an (R, D) view: one pass of sums, one pass writing dx."""
-    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
-    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
-    cdef Steps ds = _steps(dx.strides, 2, sizeof(floating))
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads)
-    cdef const floating* xp = &x[0, 0]
-    cdef const floating* gp = &dout[0, 0]
-    cdef floating* dp = &dx[0, 0]
-    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
-    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
-    if part == NULL or coef == NULL:
-        free(part)
-        free(coef)
-        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* sdy = part + 2 * nch * D
-    cdef double* sdyx = sdy + D
+    cdef int rc
     with nogil:
-        nthreads = fastbn_team(nthreads)
-        _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, &mean[0], part,
-                            sdy, sdyx)
-        fastbn_dx_coef(D, sdy, sdyx, <double>R, &gamma[0], &mean[0], &invstd[0], train, coef,
-                       coef + D, coef + 2 * D, coef + 3 * D, &dgamma[0], &dbeta[0])
-        _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
-                     coef, stream)
-    fastbn_leave()
-    free(part)
-    free(coef)
+        rc = _rows_backward_c(&x[0, 0], _steps(x.strides, 2, sizeof(floating)), &dout[0, 0],
+                              _steps(dout.strides, 2, sizeof(floating)), &dx[0, 0],
+                              _steps(dx.strides, 2, sizeof(floating)), x.shape[0], x.shape[1],
+                              &gamma[0], &mean[0], &invstd[0], train, &dgamma[0], &dbeta[0],
+                              nthreads, stream)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
 
 
 def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
@@ -314,3 +362,213 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
     fastbn_leave()
     free(part)
     free(coef)
+
+
+# --------------------------------------------------------------------------
+# Small calls in one step.  A (4, 3) batch costs far less to normalize than to
+# validate in Python and to hand to the kernels as ten memoryviews, so a call
+# whose arguments are all in their plain form is checked here, in C, and run
+# on the same C functions as above with one thread (the general path runs
+# calls below SERIAL_BELOW elements on one thread too), which gives the same
+# bits.  Anything else -- another dtype or layout, a subclass, a mapping
+# other than a dict, test mode, non-finite or integer parameters, eps = 0, a
+# batch of one -- returns None, and the caller takes the general path, which
+# converts, warns or raises as documented.
+# --------------------------------------------------------------------------
+
+cdef inline bint _plain(object a, int ndim, int typenum) noexcept:
+    """``a`` is an exact ndarray of ``typenum``, ``ndim`` axes, native byte
+    order, C-contiguous and aligned."""
+    cdef PyArrayObject* p
+    if type(a) is not _ndarray:
+        return False
+    p = <PyArrayObject*>a
+    return (PyArray_NDIM(p) == ndim and PyArray_TYPE(p) == typenum and PyArray_ISNOTSWAPPED(p)
+            and (PyArray_FLAGS(p) & NPY_ARRAY_C_CONTIGUOUS) != 0
+            and (PyArray_FLAGS(p) & NPY_ARRAY_ALIGNED) != 0)
+
+
+cdef inline bint _vector(object a, Py_ssize_t n, int typenum) noexcept:
+    return _plain(a, 1, typenum) and PyArray_DIMS(<PyArrayObject*>a)[0] == n
+
+
+cdef inline void* _data(object a) noexcept:
+    return PyArray_DATA(<PyArrayObject*>a)
+
+
+cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
+    cdef Steps s
+    s.s0 = D
+    s.s1 = 1
+    s.s2 = 0
+    return s
+
+
+cdef object _small_forward_train(const floating* xp, object x, object gamma, object beta,
+                                 object rm, object rv, double eps, double momentum,
+                                 dict bn_param, object cache_type, int typenum):
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef npy_intp D = dims[1]
+    cdef Py_ssize_t R = dims[0], j
+    cdef const floating* g = <const floating*>_data(gamma)
+    cdef const floating* b = <const floating*>_data(beta)
+    cdef const floating* rmp = NULL
+    cdef const floating* rvp = NULL
+    cdef floating* yp
+    cdef floating* nmp
+    cdef floating* nvp
+    cdef double* mp
+    cdef double* ip
+    cdef double* var
+    cdef floating* zeros
+    cdef int rc = -1
+    for j in range(D):
+        if not (isfinite(g[j]) and isfinite(b[j])):
+            return None
+    if rv is not None:
+        rvp = <const floating*>_data(rv)
+        for j in range(D):
+            if rvp[j] < 0:
+                return None
+    if rm is not None:
+        rmp = <const floating*>_data(rm)
+    out = PyArray_EMPTY(2, dims, typenum, 0)
+    mean = PyArray_EMPTY(1, &D, NPY_DOUBLE, 0)
+    invstd = PyArray_EMPTY(1, &D, NPY_DOUBLE, 0)
+    new_mean = PyArray_EMPTY(1, &D, typenum, 0)
+    new_var = PyArray_EMPTY(1, &D, typenum, 0)
+    yp = <floating*>_data(out)
+    mp = <double*>_data(mean)
+    ip = <double*>_data(invstd)
+    nmp = <floating*>_data(new_mean)
+    nvp = <floating*>_data(new_var)
+    var = <double*>malloc(D * sizeof(double))
+    zeros = <floating*>calloc(D, sizeof(floating))     # absent running statistics
+    if var != NULL and zeros != NULL:
+        if rmp == NULL:
+            rmp = zeros
+        if rvp == NULL:
+            rvp = zeros
+        with nogil:
+            rc = _rows_forward_train_c(xp, _c_steps(D), yp, _c_steps(D), R, D, g, b, eps, mp,
+                                       var, ip, rmp, rvp, momentum, nmp, nvp, 1, False)
+    free(var)
+    free(zeros)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    bn_param["running_mean"] = new_mean
+    bn_param["running_var"] = new_var
+    return out, cache_type(x, gamma, mean, invstd, True, False)
+
+
+def small_batchnorm_forward(x, gamma, beta, bn_param, cache_type, Py_ssize_t serial_below):
+    """``batchnorm_forward(x, gamma, beta, bn_param)`` for a small call in
+    plain form, in one step, or None for the general path.
+
+    Plain: ``x`` a C-contiguous, aligned (N, D) float32/float64 ndarray with
+    N >= 2, D >= 2 (the general path's row kernels) and fewer than
+    ``serial_below`` elements; ``gamma`` and ``beta``
+    finite (D,) ndarrays of x's dtype; ``bn_param`` a dict in train mode
+    whose ``eps`` (> 0) and ``momentum`` (in [0, 1]) are absent or Python
+    floats and whose running statistics are absent, None or (D,) ndarrays of
+    x's dtype (variance >= 0).  ``cache_type(x, gamma, mean, invstd, train,
+    spatial)`` builds the cache.
+    """
+    if type(x) is not _ndarray or type(bn_param) is not dict:
+        return None
+    cdef int typenum = PyArray_TYPE(<PyArrayObject*>x)
+    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
+        return None
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef Py_ssize_t D = dims[1]
+    if dims[0] < 2 or D < 2 or dims[0] * D >= serial_below:     # one feature: channel kernels
+        return None
+    if not (_vector(gamma, D, typenum) and _vector(beta, D, typenum)):
+        return None
+    mode = bn_param.get("mode")
+    if type(mode) is not str or mode != "train":
+        return None
+    cdef double eps = 1e-5, momentum = 0.9
+    value = bn_param.get("eps", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not float:
+            return None
+        eps = value
+    value = bn_param.get("momentum", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not float:
+            return None
+        momentum = value
+    if not (eps > 0 and isfinite(eps) and 0 <= momentum <= 1):
+        return None
+    rm = bn_param.get("running_mean")
+    rv = bn_param.get("running_var")
+    if (rm is not None and not _vector(rm, D, typenum)) or (
+            rv is not None and not _vector(rv, D, typenum)):
+        return None
+    if typenum == NPY_DOUBLE:
+        return _small_forward_train(<const double*>_data(x), x, gamma, beta, rm, rv, eps,
+                                    momentum, bn_param, cache_type, typenum)
+    return _small_forward_train(<const float*>_data(x), x, gamma, beta, rm, rv, eps, momentum,
+                                bn_param, cache_type, typenum)
+
+
+cdef object _small_backward(const floating* xp, object x, object dout, object gamma,
+                            object mean, object invstd, int typenum):
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef npy_intp D = dims[1]
+    cdef const floating* gp = <const floating*>_data(dout)
+    cdef const floating* gam = <const floating*>_data(gamma)
+    cdef const double* mp = <const double*>_data(mean)
+    cdef const double* ip = <const double*>_data(invstd)
+    cdef floating* dp
+    cdef floating* dgp
+    cdef floating* dbp
+    cdef int rc
+    dx = PyArray_EMPTY(2, dims, typenum, 0)
+    dgamma = PyArray_EMPTY(1, &D, typenum, 0)
+    dbeta = PyArray_EMPTY(1, &D, typenum, 0)
+    dp = <floating*>_data(dx)
+    dgp = <floating*>_data(dgamma)
+    dbp = <floating*>_data(dbeta)
+    with nogil:
+        rc = _rows_backward_c(xp, _c_steps(D), gp, _c_steps(D), dp, _c_steps(D), dims[0], D, gam,
+                              mp, ip, True, dgp, dbp, 1, False)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    return dx, dgamma, dbeta
+
+
+def small_batchnorm_backward(dout, cache, cache_type, Py_ssize_t serial_below):
+    """``batchnorm_backward(dout, cache)`` for a small train-mode call in
+    plain form, in one step, or None for the general path.
+
+    Plain: ``cache`` an exact ``cache_type`` of a 2-D train-mode forward
+    whose x (fewer than ``serial_below`` elements), gamma, mean and invstd
+    still have the forward's plain form, and ``dout`` a C-contiguous,
+    aligned ndarray of x's shape and dtype.
+    """
+    if type(cache) is not cache_type or type(dout) is not _ndarray:
+        return None
+    if cache.train is not True or cache.spatial is not False:
+        return None
+    x = cache.x
+    if type(x) is not _ndarray:
+        return None
+    cdef int typenum = PyArray_TYPE(<PyArrayObject*>x)
+    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
+        return None
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef Py_ssize_t D = dims[1]
+    if D < 2 or dims[0] < 2 or dims[0] * D >= serial_below or not _plain(dout, 2, typenum):
+        return None
+    cdef npy_intp* gdims = PyArray_DIMS(<PyArrayObject*>dout)
+    if gdims[0] != dims[0] or gdims[1] != D:
+        return None
+    gamma, mean, invstd = cache.gamma, cache.mean, cache.invstd
+    if not (_vector(gamma, D, typenum) and _vector(mean, D, NPY_DOUBLE)
+            and _vector(invstd, D, NPY_DOUBLE)):
+        return None
+    if typenum == NPY_DOUBLE:
+        return _small_backward(<const double*>_data(x), x, dout, gamma, mean, invstd, typenum)
+    return _small_backward(<const float*>_data(x), x, dout, gamma, mean, invstd, typenum)

@@ -1,2 +1,6 @@
 """Type stub for ``_bn_avx2``: the same kernels as ``_bn`` (one source, AVX2 flags)."""
 from ._bn import *
+def small_batchnorm_forward(x: object, gamma: object, beta: object, bn_param: object,
+                            cache_type: type, serial_below: int) -> tuple | None: ...
+def small_batchnorm_backward(dout: object, cache: object, cache_type: type,
+                             serial_below: int) -> tuple | None: ...

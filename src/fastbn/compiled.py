@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._config import threads_for
+from ._config import SERIAL_BELOW, threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
 from ._layout import kernel_view, output, uses_rows
 from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout,
@@ -211,6 +211,11 @@ def batchnorm_forward(x, gamma, beta, bn_param, out=None):
     >>> bn_param["mode"] = "test"            # now normalize with the running statistics
     >>> out_test, _ = fastbn.batchnorm_forward(x, gamma, beta, bn_param)
     """
+    if out is None:
+        got = _bn.small_batchnorm_forward(x, gamma, beta, bn_param, BatchNormCache,
+                                          SERIAL_BELOW)
+        if got is not None:
+            return got
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
     warn_batch_of_one(p)
     return _forward(p, bn_param, out, spatial=False)
@@ -345,6 +350,10 @@ def batchnorm_backward(dout, cache, dx=None):
     >>> np.allclose(dx, 0)                   # a constant upstream gradient cancels out
     True
     """
+    if dx is None:
+        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
+        if got is not None:
+            return got
     return _backward(dout, cache, dx, spatial=False)
 
 
@@ -389,6 +398,10 @@ def batchnorm_backward_alt(dout, cache, dx=None):
     >>> all(np.array_equal(u, v) for u, v in zip(a, b))
     True
     """
+    if dx is None:
+        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
+        if got is not None:
+            return got
     return _backward(dout, cache, dx, spatial=False)
 
 

@@ -1,0 +1,131 @@
+"""Small calls in plain form run in one step (``_bn.small_batchnorm_forward``
+and ``small_batchnorm_backward``); they must give the general path's bits and
+state, and every call outside the plain form must still take the general
+path (which converts, warns or raises)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from fastbn import _config, compiled
+
+SHAPES = [(2, 2), (4, 3), (7, 5), (50, 100), (33, 17), (100, 500), (255, 513)]
+
+
+def _case(rng, shape, dtype, offset=0.0):
+    N, D = shape
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    gamma = (1 + 0.3 * rng.standard_normal(D)).astype(dtype)
+    beta = rng.standard_normal(D).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    return x, gamma, beta, dout
+
+
+def _plain_fast(x, gamma, beta, bn_param):
+    return compiled._bn.small_batchnorm_forward(x, gamma, beta, bn_param,
+                                                compiled.BatchNormCache, _config.SERIAL_BELOW)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("running", [False, True])
+def test_small_calls_give_the_general_paths_bits(rng, shape, dtype, running):
+    x, gamma, beta, dout = _case(rng, shape, dtype, offset=1e3)
+    extra = {}
+    if running:
+        extra = {"running_mean": rng.standard_normal(shape[1]).astype(dtype),
+                 "running_var": rng.random(shape[1]).astype(dtype), "momentum": 0.7,
+                 "eps": 1e-3}
+    fast_param = {"mode": "train", **{k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                       for k, v in extra.items()}}
+    slow_param = {"mode": "train", **{k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                       for k, v in extra.items()}}
+    got = _plain_fast(x, gamma, beta, fast_param)
+    assert got is not None, "a plain small call took the general path"
+    out, cache = got
+    want, wcache = compiled.batchnorm_forward(x, gamma, beta, slow_param, out=np.empty_like(x))
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == dtype and out.flags.c_contiguous
+    for name in ("mean", "invstd"):
+        np.testing.assert_array_equal(getattr(cache, name), getattr(wcache, name))
+    for key in ("running_mean", "running_var"):
+        assert fast_param[key].dtype == dtype
+        np.testing.assert_array_equal(fast_param[key], slow_param[key])
+    assert cache.x is x and cache.gamma is gamma and cache.train is True
+    # the public function takes the same step
+    out2, _ = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train", **extra})
+    np.testing.assert_array_equal(out2, want)
+
+    fast = compiled._bn.small_batchnorm_backward(dout, cache, compiled.BatchNormCache,
+                                                 _config.SERIAL_BELOW)
+    assert fast is not None
+    slow = compiled.batchnorm_backward(dout, wcache, dx=np.empty_like(x))
+    for a, b in zip(fast, slow):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(compiled.batchnorm_backward_alt(dout, cache), slow):
+        np.testing.assert_array_equal(a, b)
+
+
+def _forms(rng):
+    """(label, x, gamma, beta, bn_param) calls outside the plain form."""
+    x, g, b, _ = _case(rng, (6, 4), np.float64)
+    yield "float32 gamma for float64 x", x, g.astype(np.float32), b, {"mode": "train"}
+    yield "integer gamma", x, np.arange(1, 5), b, {"mode": "train"}
+    yield "list beta", x, g, list(b), {"mode": "train"}
+    yield "Fortran x", np.asfortranarray(x), g, b, {"mode": "train"}
+    yield "strided x", np.repeat(x, 2, axis=1)[:, ::2], g, b, {"mode": "train"}
+    yield "test mode", x, g, b, {"mode": "test", "running_mean": np.zeros(4),
+                                 "running_var": np.ones(4)}
+    yield "eps = 0", x, g, b, {"mode": "train", "eps": 0.0}
+    yield "integer eps", x, g, b, {"mode": "train", "eps": 1}
+    yield "numpy eps", x, g, b, {"mode": "train", "eps": np.float64(1e-5)}
+    yield "eps None", x, g, b, {"mode": "train", "eps": None}
+    yield "inf gamma", x, np.array([1, np.inf, 1, 1.0]), b, {"mode": "train"}
+    yield "nan beta", x, g, np.array([0, 0, np.nan, 0.0]), {"mode": "train"}
+    yield "negative running_var", x, g, b, {"mode": "train", "running_mean": np.zeros(4),
+                                            "running_var": -np.ones(4)}
+    yield "float32 running_mean", x, g, b, {"mode": "train",
+                                            "running_mean": np.zeros(4, np.float32)}
+    yield "batch of one", x[:1], g, b, {"mode": "train"}
+    yield "one feature", x[:, :1].copy(), g[:1], b[:1], {"mode": "train"}
+    yield "momentum above 1", x, g, b, {"mode": "train", "momentum": 1.5}
+    yield "no mode", x, g, b, {}
+    yield "bytes mode", x, g, b, {"mode": b"train"}
+    yield "big-endian x", x.astype(">f8"), g, b, {"mode": "train"}
+    yield "a large batch", np.ones((_config.SERIAL_BELOW // 4 + 1, 4)), g, b, {"mode": "train"}
+
+
+def test_calls_outside_the_plain_form_take_the_general_path(rng):
+    seen = 0
+    for label, x, g, b, p in _forms(rng):
+        assert _plain_fast(x, g, b, dict(p)) is None, label
+        seen += 1
+    assert seen == 21
+    class Params(dict):
+        pass
+    x, g, b, _ = _case(rng, (6, 4), np.float64)
+    assert _plain_fast(x, g, b, Params(mode="train")) is None
+    assert _plain_fast(x.view(np.matrix), g, b, {"mode": "train"}) is None
+
+
+def test_general_path_behaviour_is_kept_for_small_calls(rng):
+    x, g, b, dout = _case(rng, (6, 4), np.float64)
+    with pytest.raises(TypeError, match="bn_param\\['eps'\\]"):
+        compiled.batchnorm_forward(x, g, b, {"mode": "train", "eps": None})
+    with pytest.raises(ValueError, match="running_var"):
+        compiled.batchnorm_forward(x, g, b, {"mode": "train", "running_mean": np.zeros(4),
+                                             "running_var": -np.ones(4)})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        compiled.batchnorm_forward(x[:1], g, b, {"mode": "train"})
+    assert any(issubclass(v.category, RuntimeWarning) for v in w)
+    out, cache = compiled.batchnorm_forward(x, np.arange(1, 5), b, {"mode": "train"})
+    assert out.dtype == np.float64
+    # a cache whose x was replaced, or a dout of another shape, is refused as before
+    _, cache = compiled.batchnorm_forward(x, g, b, {"mode": "train"})
+    with pytest.raises(ValueError, match="shape"):
+        compiled.batchnorm_backward(dout[:3], cache)
+    cache.x = x[:, :3].copy()
+    with pytest.raises(ValueError, match="cache is inconsistent"):
+        compiled.batchnorm_backward(dout[:, :3].copy(), cache)
