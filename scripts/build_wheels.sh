@@ -16,9 +16,10 @@
 #
 # Why libomp and not GCC's libgomp: Debian's libgomp needs GLIBC_2.34
 # (manylinux_2_34 wheels install on no Ubuntu 20.04, RHEL 8, Debian 11), while
-# libomp built here needs only GLIBC_2.7; and libomp re-creates its thread pool
-# in a forked child, so a wheel's fork()ed children keep parallel kernels
-# (libgomp's children hang, which is why a source build runs them serially).
+# libomp built here needs only GLIBC_2.7.  A fork()ed child runs the kernels
+# on one thread with either runtime (fastbn._config, fastbn._openmp_runtime),
+# so it never waits for the parent's workers; tests/test_fork.py is part of
+# every wheel's suite.
 # GCC still compiles fastbn (-fopenmp): its code calls the GOMP_* entry points,
 # which libomp exports, so the kernels and their AVX2 dispatch are unchanged.
 #
@@ -198,7 +199,9 @@ if [ "$CI_MODE" = 1 ] && [ -z "${FASTBN_LIBOMP:-}" ] && [ ! -f "$(omp_dir debian
     LIBOMP_FROM=cmeel
 fi
 LIBOMP="$(omp_dir "$LIBOMP_FROM")"
+LIBOMP_STATE=cached
 if [ ! -f "$LIBOMP/lib/libomp.so" ]; then
+    LIBOMP_STATE=built
     rm -rf "$LIBOMP.tmp"
     t=$SECONDS
     if [ "$LIBOMP_FROM" = debian ]; then build_libomp_from_debian "$LIBOMP"
@@ -206,7 +209,7 @@ if [ ! -f "$LIBOMP/lib/libomp.so" ]; then
     say "libomp: ready in $(( SECONDS - t )) s"
 fi
 GLIBC_MAX="$(objdump -T "$LIBOMP/lib/libomp.so" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)"
-say "libomp: $LIBOMP/lib/libomp.so (needs $GLIBC_MAX) [cached]"
+say "libomp: $LIBOMP/lib/libomp.so (needs $GLIBC_MAX) [$LIBOMP_STATE]"
 
 # ---------------------------------------------------------------- sdist ----
 say "sdist"
@@ -243,6 +246,8 @@ build_wheel() {
             nice -n 19 "$env/bin/python" -m build --wheel --outdir "$out.tmp" "$WORK/src-$tag"/fastbn-* \
             >"$WORK/build-$tag.log" 2>&1 || { tail -40 "$WORK/build-$tag.log"; die "$tag: build failed"; }
         rm -rf "$out"; mv "$out.tmp" "$out"
+        # older sdists' wheels of this tag: keep the newest few, not one per commit
+        ls -dt "$CACHE/wheel-$tag-"* 2>/dev/null | grep -v '\.tmp$' | tail -n +4 | xargs -r rm -rf || true
     fi
     LD_LIBRARY_PATH="$LIBOMP/lib" "$TOOLS/bin/auditwheel" repair --strip \
         --plat manylinux2014_x86_64 -w "$WORK/repaired-$tag" "$out"/*.whl \
