@@ -178,7 +178,7 @@ take_libomp_from_cmeel() {
     quiet "$TPY" -m pip download --quiet --no-deps --only-binary=:all: -d "$WORK/cmeel" cmeel-libomp==21.1.8
     mkdir -p "$WORK/cmeel/x" "$dest.tmp/lib"
     (cd "$WORK/cmeel/x" && "$TPY" -m zipfile -e "$WORK"/cmeel/cmeel_libomp-*.whl .)
-    cp -L "$(find "$WORK/cmeel/x" -name 'libomp.so*' -type f | head -1)" "$dest.tmp/lib/libomp.so"
+    cp -L "$(find "$WORK/cmeel/x" -name 'libomp.so*' -type f | sed -n 1p)" "$dest.tmp/lib/libomp.so"
     # the wheel names no license file: LLVM's own, from Debian's source package
     fetch_llvm_source '*/openmp/LICENSE.TXT'
     cp "$(ls "$WORK"/omp-src/*/openmp/LICENSE.TXT)" "$dest.tmp/LICENSE.TXT"
@@ -263,8 +263,9 @@ build_wheel() {
     "$TPY" -m wheel pack --dest-dir "$OUT" "$unpacked" >/dev/null
     whl="$(ls "$OUT"/fastbn-*-"$tag"-*.whl)"
     "$TOOLS/bin/auditwheel" show "$whl" >"$WORK/show-$tag.txt" 2>&1
-    tr -s '\n ' '  ' <"$WORK/show-$tag.txt" \
-        | grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"' \
+    # (to a file first: grep -q closing a pipe early would trip pipefail)
+    tr -s '\n ' '  ' <"$WORK/show-$tag.txt" >"$WORK/show-$tag.flat"
+    grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"' "$WORK/show-$tag.flat" \
         || { cat "$WORK/show-$tag.txt"; die "$tag: auditwheel show: not manylinux_2_17"; }
     if [ -n "$limited" ]; then
         "$TOOLS/bin/abi3audit" --strict --report "$whl" >"$WORK/abi3-$tag.json" 2>"$WORK/abi3-$tag.log" \
@@ -281,7 +282,7 @@ build_wheel cp311-abi3 3.11 cp311
 
 # ---------------------------------------------------------------- tests ----
 RESULTS=()
-wheel_for() { ls "$OUT"/fastbn-*-"$1"-*.whl 2>/dev/null | head -1; }
+wheel_for() { ls "$OUT"/fastbn-*-"$1"-*.whl 2>/dev/null | sed -n 1p; }
 
 # run_suite LABEL T0 DIR PYTHON TESTS [PREFIX...]: in DIR (outside the tree), check
 # that Cython is absent and fastbn is the installed one, then run the suite;
@@ -369,7 +370,7 @@ test_in_chroot() {
     local IN=(chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8)
     [ -f "$root/etc/ssl/certs/host-ca-certificates.crt" ] \
         && IN+=(PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt)
-    glibc="$("${IN[@]}" ldd --version | head -1 | grep -o '[0-9.]*$')"
+    glibc="$("${IN[@]}" ldd --version | sed -n 1p | grep -o '[0-9.]*$')"
     v="$("${IN[@]}" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     say "$tag: Debian $suite chroot (glibc $glibc, CPython $v)"
     "${IN[@]}" sh -c "python3 -m venv $inner/venv &&
