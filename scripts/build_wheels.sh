@@ -91,9 +91,13 @@ PYENV_VERSIONS="${PYENV_ROOT:-$HOME/.pyenv}/versions"
 mkdir -p "$CACHE" "$OUT"
 WORK="$(mktemp -d)"
 MOUNTS=()
-cleanup() {
+unmount_all() {   # this run's bind mounts, innermost first
     local m
     for m in "${MOUNTS[@]+"${MOUNTS[@]}"}"; do umount -l "$m" 2>/dev/null || true; done
+    MOUNTS=()
+}
+cleanup() {
+    unmount_all
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -282,7 +286,11 @@ build_wheel cp311-abi3 3.11 cp311
 
 # ---------------------------------------------------------------- tests ----
 RESULTS=()
-wheel_for() { ls "$OUT"/fastbn-*-"$1"-*.whl 2>/dev/null | sed -n 1p; }
+wheel_for() {   # the wheel of TAG in OUT, or '' (a test of a wheel not built is skipped)
+    local f
+    for f in "$OUT"/fastbn-*-"$1"-*.whl; do [ -e "$f" ] && { echo "$f"; break; }; done
+    return 0
+}
 
 # run_suite LABEL T0 DIR PYTHON TESTS [PREFIX...]: in DIR (outside the tree), check
 # that Cython is absent and fastbn is the installed one, then run the suite;
@@ -342,14 +350,15 @@ make_chroot() {
     local ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
     [ -f "$ca" ] && mkdir -p "$root/etc/ssl/certs" && cp "$ca" "$root/etc/ssl/certs/host-ca-certificates.crt"
     mkdir -p "$CACHE/pip-cache" "$root/root/.cache/pip"
+    # mounted by every run for itself and unmounted after its test (a bind mount
+    # stacks on another run's), so runs sharing the cache never pull /proc or
+    # /dev/shm from under each other
     local m src
     for m in proc dev dev/shm root/.cache/pip; do
         src="/$m"; [ "$m" = root/.cache/pip ] && src="$CACHE/pip-cache"
         mkdir -p "$root/$m"
-        if ! mountpoint -q "$root/$m"; then
-            mount --bind "$src" "$root/$m"
-            MOUNTS=("$root/$m" "${MOUNTS[@]+"${MOUNTS[@]}"}")
-        fi
+        mount --bind "$src" "$root/$m"
+        MOUNTS=("$root/$m" "${MOUNTS[@]+"${MOUNTS[@]}"}")
     done
     CHROOT_ROOT="$root"
 }
@@ -377,9 +386,11 @@ test_in_chroot() {
         $inner/venv/bin/python -m pip install --quiet --upgrade pip &&
         $inner/venv/bin/python -m pip install --quiet --only-binary=:all: '$inner/$(basename "$whl")[test]'" \
         >"$WORK/chroot-pip.log" 2>&1 || { tail -20 "$WORK/chroot-pip.log";
-            RESULTS+=("FAIL $tag in Debian $suite chroot: pip install"); rm -rf "$job"; return 0; }
+            RESULTS+=("FAIL $tag in Debian $suite chroot: pip install"); unmount_all; rm -rf "$job"
+            return 0; }
     run_suite "$tag in Debian $suite chroot (glibc $glibc, CPython $v)" "$t" \
         "$inner/run" "$inner/venv/bin/python" "$inner/tests" "${IN[@]}"
+    unmount_all
     rm -rf "$job"
 }
 
