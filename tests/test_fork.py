@@ -2,9 +2,10 @@
 
 GNU libgomp's worker threads do not survive ``fork()``; a child that enters a
 parallel region of the parent's runtime waits for them forever.  fastbn runs
-the kernels of a forked child on one thread (``fastbn._config``) unless the
-runtime is LLVM's libomp (the wheels'), whose child starts a pool of its own
-and keeps the parent's thread count.  Every
+the kernels of a forked child on one thread (``fastbn._config``) with either
+runtime, GNU libgomp or LLVM's libomp (the wheels'), unless
+``fastbn._openmp_runtime.fork_keeps_threads()`` says the child may keep the
+parent's thread count.  Every
 scenario runs in a subprocess under a timeout, so a regression fails the
 test instead of hanging the suite.  Each first makes a multi-threaded call in
 the parent (the state that used to hang the child) and compares the child's
@@ -110,6 +111,9 @@ SCENARIOS = {
     "mp_forkserver": """
         if __name__ == "__main__":
             ctx = mp.get_context("forkserver")
+            # the server would preload this script (Python 3.14 does), run its kernels
+            # and fork the workers from that state: serial children, the os_fork case
+            ctx.set_forkserver_preload([])
             with ctx.Pool(1) as pool:
                 check(pool.map(task, [0, 1]), [0, 1], fastbn.get_num_threads())
     """,
