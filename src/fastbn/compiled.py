@@ -292,6 +292,10 @@ def _check_cache_contents(c, ndim):
 
 
 def _backward(dout, cache, dx, spatial):
+    if dx is None and not spatial:
+        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
+        if got is not None:
+            return got
     c = _check_cache(cache, spatial)
     x = c.x
     dout = check_dout(dout, x)
@@ -350,10 +354,6 @@ def batchnorm_backward(dout, cache, dx=None):
     >>> np.allclose(dx, 0)                   # a constant upstream gradient cancels out
     True
     """
-    if dx is None:
-        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
-        if got is not None:
-            return got
     return _backward(dout, cache, dx, spatial=False)
 
 
@@ -398,10 +398,6 @@ def batchnorm_backward_alt(dout, cache, dx=None):
     >>> all(np.array_equal(u, v) for u, v in zip(a, b))
     True
     """
-    if dx is None:
-        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
-        if got is not None:
-            return got
     return _backward(dout, cache, dx, spatial=False)
 
 
