@@ -12,8 +12,9 @@ from cython.parallel cimport prange
 from cython cimport floating
 
 from fastbn._cheaders cimport (
-    fastbn_chan_dx, fastbn_chan_grad_sums, fastbn_chan_normalize, fastbn_chan_sums,
-    fastbn_rows_dx, fastbn_rows_grad_sums, fastbn_rows_normalize, fastbn_rows_sums,
+    FASTBN_GRAD_ROWS, FASTBN_SUM_ROWS, fastbn_chan_dx, fastbn_chan_grad_sums,
+    fastbn_chan_normalize, fastbn_chan_sums, fastbn_row_blocks, fastbn_rows_dx,
+    fastbn_rows_grad_sums, fastbn_rows_normalize, fastbn_rows_sums,
 )
 
 
@@ -42,9 +43,9 @@ cdef inline Py_ssize_t _row_chunks(Py_ssize_t R, int nthreads) noexcept nogil:
 
 
 cdef inline Py_ssize_t _chunk_row(Py_ssize_t t, Py_ssize_t R, Py_ssize_t nch) noexcept nogil:
-    """First row of row chunk t of nch (t = nch: R).  A multiple of 8, the
-    float32 kernels' row block, so the blocks and their float32 sums are the
-    same whatever the team size."""
+    """First row of row chunk t of nch (t = nch: R).  A multiple of 8: layer
+    norm's float32 backward adds its column partials over blocks of 8
+    consecutive rows, which are then the same whatever the team size."""
     if t >= nch:
         return R
     return (t * R // nch) // 8 * 8
@@ -105,10 +106,11 @@ cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                                 Py_ssize_t R, Py_ssize_t D, Py_ssize_t nch,
                                 int nthreads, const double* center, double* part,
                                 double* s1, double* s2) noexcept nogil:
-    """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; nch row chunks."""
-    cdef Py_ssize_t t
+    """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; the row
+    blocks (fastbn_row_blocks) cut into nch chunks."""
+    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_SUM_ROWS)
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_sums(x, sr, sd, D, _chunk_row(t, R, nch), _chunk_row(t + 1, R, nch), center,
+        fastbn_rows_sums(x, sr, sd, D, R, t * nb // nch, (t + 1) * nb // nch, center,
                          part + 2 * t * D, part + (2 * t + 1) * D)
     _add_row_partials(part, nch, D, s1, s2)
 
@@ -119,11 +121,10 @@ cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_
                                      int nthreads, const double* mean, double* part,
                                      double* sdy, double* sdyx) noexcept nogil:
     """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
-    cdef Py_ssize_t t
+    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_GRAD_ROWS)
     for t in prange(nch, num_threads=nthreads, schedule="static"):
-        fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, _chunk_row(t, R, nch),
-                              _chunk_row(t + 1, R, nch), mean, part + 2 * t * D,
-                              part + (2 * t + 1) * D)
+        fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, R, t * nb // nch, (t + 1) * nb // nch,
+                              mean, part + 2 * t * D, part + (2 * t + 1) * D)
     _add_row_partials(part, nch, D, sdy, sdyx)
 
 

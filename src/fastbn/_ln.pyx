@@ -30,10 +30,11 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._cheaders cimport (
-    fastbn_active, fastbn_center_fold, fastbn_finish1, fastbn_kernel_isa, fastbn_leave,
-    fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
+    FASTBN_SUM_ROWS, fastbn_active, fastbn_center_fold, fastbn_finish1, fastbn_kernel_isa,
+    fastbn_leave, fastbn_ln_rows_backward_f, fastbn_row_blocks, fastbn_rows_sums, fastbn_seg_sums,
+    fastbn_team, fastbn_team_size,
 )
-from fastbn._kernels cimport Steps, _steps, _add_row_partials, _row_chunks
+from fastbn._kernels cimport Steps, _steps, _add_row_partials, _chunk_row, _row_chunks
 
 
 def kernel_isa():
@@ -254,7 +255,8 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         # the block's row sums are batch norm's column sums of its transpose
         # (features as rows, rows as columns): _rows_sums' four-row sweeps
         # load and store the per-row accumulators once per four features
-        fastbn_rows_sums(x + i0 * sr, sd, sr, nb, 0, D, c, s1, s2)
+        fastbn_rows_sums(x + i0 * sr, sd, sr, nb, D, 0, fastbn_row_blocks(D, FASTBN_SUM_ROWS), c,
+                         s1, s2)
         for k in range(nb):
             fastbn_finish1(s1[k], s2[k], <double>D, c[k], eps, &mean[i0 + k], &var, &invstd[i0 + k])
             alpha[k] = invstd[i0 + k]
@@ -406,15 +408,28 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
     cdef floating* dp = &dx[0, 0]
     # per block: D partial sums for dgamma, then D for dbeta; then their totals
     cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
-    if part == NULL:
+    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
+    # contiguous float32 rows: the float32-lane kernel, with D floats of
+    # column scratch twice per thread
+    cdef bint lanes = (floating is float and not cols and xs.s1 == 1 and gs.s1 == 1
+                       and ds.s1 == 1)
+    cdef float* scratch = <float*>malloc(2 * nch * D * sizeof(float)) if lanes else NULL
+    if part == NULL or (lanes and scratch == NULL):
+        free(part)
+        free(scratch)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* sgamma = part + 2 * nch * D
     cdef double* sbeta = sgamma + D
-    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     with nogil:
         nthreads = fastbn_team(nthreads)
         for t in prange(nch, num_threads=nthreads, schedule="static"):
-            if cols:
+            if floating is float and lanes:
+                fastbn_ln_rows_backward_f(xp, xs.s0, gp, gs.s0, dp, ds.s0, D, _chunk_row(t, R, nch),
+                                          _chunk_row(t + 1, R, nch), &gamma[0], &mean[0],
+                                          &invstd[0], scratch + 2 * t * D,
+                                          scratch + (2 * t + 1) * D, part + 2 * t * D,
+                                          part + (2 * t + 1) * D)
+            elif cols:
                 _backward_cols(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
                                t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
                                part + 2 * t * D, part + (2 * t + 1) * D)
@@ -428,3 +443,4 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
             dbeta[j] = <floating>sbeta[j]
     fastbn_leave()
     free(part)
+    free(scratch)

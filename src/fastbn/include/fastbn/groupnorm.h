@@ -52,68 +52,7 @@ typedef struct {
     Py_ssize_t n, c, h, w;
 } fastbn_gn_strides;
 
-/* ---- float32 vector primitives: 4 vectors of float lanes -> float64 ---- */
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define FASTBN_GN_VW 16
-typedef __m512 fastbn_gn_vf;
-typedef __m512d fastbn_gn_vd;
-#define fastbn_gn_vset1(a) _mm512_set1_ps(a)
-#define fastbn_gn_vload(p) _mm512_loadu_ps(p)
-#define fastbn_gn_vsub(a, b) _mm512_sub_ps(a, b)
-#define fastbn_gn_vadd(a, b) _mm512_add_ps(a, b)
-#define fastbn_gn_vmul(a, b) _mm512_mul_ps(a, b)
-#define fastbn_gn_vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define fastbn_gn_dzero() _mm512_setzero_pd()
-#define fastbn_gn_dadd(a, b) _mm512_add_pd(a, b)
-#define fastbn_gn_lo(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
-#define fastbn_gn_hi(v)                                                                            \
-    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
-static inline double fastbn_gn_dsum(fastbn_gn_vd a) { return _mm512_reduce_add_pd(a); }
-#elif defined(__AVX2__)
-#include <immintrin.h>
-#define FASTBN_GN_VW 8
-typedef __m256 fastbn_gn_vf;
-typedef __m256d fastbn_gn_vd;
-#define fastbn_gn_vset1(a) _mm256_set1_ps(a)
-#define fastbn_gn_vload(p) _mm256_loadu_ps(p)
-#define fastbn_gn_vsub(a, b) _mm256_sub_ps(a, b)
-#define fastbn_gn_vadd(a, b) _mm256_add_ps(a, b)
-#define fastbn_gn_vmul(a, b) _mm256_mul_ps(a, b)
-#if defined(__FMA__) || defined(_MSC_VER)
-#define fastbn_gn_vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
-#else
-#define fastbn_gn_vfma(a, b, c) _mm256_add_ps(_mm256_mul_ps(a, b), c)
-#endif
-#define fastbn_gn_dzero() _mm256_setzero_pd()
-#define fastbn_gn_dadd(a, b) _mm256_add_pd(a, b)
-#define fastbn_gn_lo(v) _mm256_cvtps_pd(_mm256_castps256_ps128(v))
-#define fastbn_gn_hi(v) _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))
-static inline double fastbn_gn_dsum(fastbn_gn_vd a)
-{
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
-#elif defined(__SSE2__) || defined(_M_X64)
-#include <emmintrin.h>
-#define FASTBN_GN_VW 4
-typedef __m128 fastbn_gn_vf;
-typedef __m128d fastbn_gn_vd;
-#define fastbn_gn_vset1(a) _mm_set1_ps(a)
-#define fastbn_gn_vload(p) _mm_loadu_ps(p)
-#define fastbn_gn_vsub(a, b) _mm_sub_ps(a, b)
-#define fastbn_gn_vadd(a, b) _mm_add_ps(a, b)
-#define fastbn_gn_vmul(a, b) _mm_mul_ps(a, b)
-#define fastbn_gn_vfma(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
-#define fastbn_gn_dzero() _mm_setzero_pd()
-#define fastbn_gn_dadd(a, b) _mm_add_pd(a, b)
-#define fastbn_gn_lo(v) _mm_cvtps_pd(v)
-#define fastbn_gn_hi(v) _mm_cvtps_pd(_mm_movehl_ps(v, v))
-static inline double fastbn_gn_dsum(fastbn_gn_vd a)
-{
-    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
-}
-#endif
+#include "fastbn/simd_f32.h"
 
 /* Sums of d = p[i] - c and d^2 over a run of n floats, added into out[0..1]. */
 static inline void fastbn_gn_run_sums_f(const float *p, Py_ssize_t n, Py_ssize_t st, float c,
@@ -122,25 +61,23 @@ static inline void fastbn_gn_run_sums_f(const float *p, Py_ssize_t n, Py_ssize_t
     double s1 = 0.0, s2 = 0.0;
     Py_ssize_t i = 0;
     if (st == 1) {
-#ifdef FASTBN_GN_VW
-        fastbn_gn_vf cv = fastbn_gn_vset1(c);
-        fastbn_gn_vd a0 = fastbn_gn_dzero(), a1 = a0, b0 = a0, b1 = a0;
-        for (; i + 4 * FASTBN_GN_VW <= n; i += 4 * FASTBN_GN_VW) {
-            fastbn_gn_vf d0 = fastbn_gn_vsub(fastbn_gn_vload(p + i), cv);
-            fastbn_gn_vf d1 = fastbn_gn_vsub(fastbn_gn_vload(p + i + FASTBN_GN_VW), cv);
-            fastbn_gn_vf d2 = fastbn_gn_vsub(fastbn_gn_vload(p + i + 2 * FASTBN_GN_VW), cv);
-            fastbn_gn_vf d3 = fastbn_gn_vsub(fastbn_gn_vload(p + i + 3 * FASTBN_GN_VW), cv);
+#ifdef FASTBN_VFW
+        fastbn_vf cv = fastbn_vf_set1(c);
+        fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
+        for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
+            fastbn_vf d0 = fastbn_vf_sub(fastbn_vf_load(p + i), cv);
+            fastbn_vf d1 = fastbn_vf_sub(fastbn_vf_load(p + i + FASTBN_VFW), cv);
+            fastbn_vf d2 = fastbn_vf_sub(fastbn_vf_load(p + i + 2 * FASTBN_VFW), cv);
+            fastbn_vf d3 = fastbn_vf_sub(fastbn_vf_load(p + i + 3 * FASTBN_VFW), cv);
             /* the 4-term pairwise partials of the error bound above */
-            fastbn_gn_vf s = fastbn_gn_vadd(fastbn_gn_vadd(d0, d1), fastbn_gn_vadd(d2, d3));
-            fastbn_gn_vf q = fastbn_gn_vadd(fastbn_gn_vfma(d1, d1, fastbn_gn_vmul(d0, d0)),
-                                            fastbn_gn_vfma(d3, d3, fastbn_gn_vmul(d2, d2)));
-            a0 = fastbn_gn_dadd(a0, fastbn_gn_lo(s));
-            a1 = fastbn_gn_dadd(a1, fastbn_gn_hi(s));
-            b0 = fastbn_gn_dadd(b0, fastbn_gn_lo(q));
-            b1 = fastbn_gn_dadd(b1, fastbn_gn_hi(q));
+            fastbn_vf s = fastbn_vf_add(fastbn_vf_add(d0, d1), fastbn_vf_add(d2, d3));
+            fastbn_vf q = fastbn_vf_add(fastbn_vf_fma(d1, d1, fastbn_vf_mul(d0, d0)),
+                                        fastbn_vf_fma(d3, d3, fastbn_vf_mul(d2, d2)));
+            fastbn_vfacc_add(&a, s);
+            fastbn_vfacc_add(&b, q);
         }
-        s1 = fastbn_gn_dsum(fastbn_gn_dadd(a0, a1));
-        s2 = fastbn_gn_dsum(fastbn_gn_dadd(b0, b1));
+        s1 = fastbn_vfacc_sum(a);
+        s2 = fastbn_vfacc_sum(b);
 #endif
         for (; i < n; i++) {
             double d = (double)(p[i] - c);
@@ -165,28 +102,26 @@ static inline void fastbn_gn_run_grad_f(const float *p, Py_ssize_t sp, const flo
     double s1 = 0.0, s2 = 0.0;
     Py_ssize_t i = 0;
     if (sp == 1 && sq == 1) {
-#ifdef FASTBN_GN_VW
-        fastbn_gn_vf mv = fastbn_gn_vset1(m);
-        fastbn_gn_vd a0 = fastbn_gn_dzero(), a1 = a0, b0 = a0, b1 = a0;
-        for (; i + 4 * FASTBN_GN_VW <= n; i += 4 * FASTBN_GN_VW) {
-            fastbn_gn_vf g0 = fastbn_gn_vload(q + i);
-            fastbn_gn_vf g1 = fastbn_gn_vload(q + i + FASTBN_GN_VW);
-            fastbn_gn_vf g2 = fastbn_gn_vload(q + i + 2 * FASTBN_GN_VW);
-            fastbn_gn_vf g3 = fastbn_gn_vload(q + i + 3 * FASTBN_GN_VW);
-            fastbn_gn_vf x0 = fastbn_gn_vsub(fastbn_gn_vload(p + i), mv);
-            fastbn_gn_vf x1 = fastbn_gn_vsub(fastbn_gn_vload(p + i + FASTBN_GN_VW), mv);
-            fastbn_gn_vf x2 = fastbn_gn_vsub(fastbn_gn_vload(p + i + 2 * FASTBN_GN_VW), mv);
-            fastbn_gn_vf x3 = fastbn_gn_vsub(fastbn_gn_vload(p + i + 3 * FASTBN_GN_VW), mv);
-            fastbn_gn_vf s = fastbn_gn_vadd(fastbn_gn_vadd(g0, g1), fastbn_gn_vadd(g2, g3));
-            fastbn_gn_vf t = fastbn_gn_vadd(fastbn_gn_vfma(g1, x1, fastbn_gn_vmul(g0, x0)),
-                                            fastbn_gn_vfma(g3, x3, fastbn_gn_vmul(g2, x2)));
-            a0 = fastbn_gn_dadd(a0, fastbn_gn_lo(s));
-            a1 = fastbn_gn_dadd(a1, fastbn_gn_hi(s));
-            b0 = fastbn_gn_dadd(b0, fastbn_gn_lo(t));
-            b1 = fastbn_gn_dadd(b1, fastbn_gn_hi(t));
+#ifdef FASTBN_VFW
+        fastbn_vf mv = fastbn_vf_set1(m);
+        fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
+        for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
+            fastbn_vf g0 = fastbn_vf_load(q + i);
+            fastbn_vf g1 = fastbn_vf_load(q + i + FASTBN_VFW);
+            fastbn_vf g2 = fastbn_vf_load(q + i + 2 * FASTBN_VFW);
+            fastbn_vf g3 = fastbn_vf_load(q + i + 3 * FASTBN_VFW);
+            fastbn_vf x0 = fastbn_vf_sub(fastbn_vf_load(p + i), mv);
+            fastbn_vf x1 = fastbn_vf_sub(fastbn_vf_load(p + i + FASTBN_VFW), mv);
+            fastbn_vf x2 = fastbn_vf_sub(fastbn_vf_load(p + i + 2 * FASTBN_VFW), mv);
+            fastbn_vf x3 = fastbn_vf_sub(fastbn_vf_load(p + i + 3 * FASTBN_VFW), mv);
+            fastbn_vf s = fastbn_vf_add(fastbn_vf_add(g0, g1), fastbn_vf_add(g2, g3));
+            fastbn_vf t = fastbn_vf_add(fastbn_vf_fma(g1, x1, fastbn_vf_mul(g0, x0)),
+                                        fastbn_vf_fma(g3, x3, fastbn_vf_mul(g2, x2)));
+            fastbn_vfacc_add(&a, s);
+            fastbn_vfacc_add(&b, t);
         }
-        s1 = fastbn_gn_dsum(fastbn_gn_dadd(a0, a1));
-        s2 = fastbn_gn_dsum(fastbn_gn_dadd(b0, b1));
+        s1 = fastbn_vfacc_sum(a);
+        s2 = fastbn_vfacc_sum(b);
 #endif
         for (; i < n; i++) {
             s1 += (double)q[i];
