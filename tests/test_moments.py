@@ -246,3 +246,43 @@ def test_kernel_builds_agree(rng):
         mod.rows_grad_sums(x, dout, mean, sdy, sdyx, 1)
         res.append(np.concatenate([mean, m2, sdy, sdyx]))
     np.testing.assert_allclose(res[1], res[0], rtol=1e-13, atol=1e-13)
+
+
+def _bn_builds():
+    import importlib
+    mods = [importlib.import_module("fastbn._bn")]
+    for isa in ("avx2", "avx512"):
+        if _dispatch.cpu_supports(isa):     # ask first: a wider build is SIGILL without it
+            try:
+                mods.append(importlib.import_module(f"fastbn._bn_{isa}"))
+            except ImportError:
+                pass
+    return mods
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("strided", [False, True])
+def test_row_blocks_take_every_row_once(dtype, nthreads, strided):
+    """The row kernels sum rows in strided blocks (rows b, b + B, ...), cut
+    among threads; with small integers every sum is exact, so any row left
+    out or counted twice shows in the mean and in dbeta = sum(dout)."""
+    for kernels in _bn_builds():
+        _check_row_blocks(kernels, dtype, nthreads, strided)
+
+
+def _check_row_blocks(kernels, dtype, nthreads, strided):
+    D = 13
+    ones, zeros = np.ones(D, dtype), np.zeros(D, dtype)
+    for R in list(range(1, 42)) + [63, 64, 65, 1000, 1003]:
+        base = np.arange(R * 2 * D).reshape(R, 2 * D) % 97
+        x = base.astype(dtype)[:, ::2] if strided else base[:, :D].astype(dtype)
+        dout = ((base[:, :D] * 7) % 31 - 15).astype(dtype)
+        stats, running = np.empty((3, D)), np.empty((2, D), dtype)
+        kernels.rows_forward_train(x, ones, zeros, 1e-5, np.empty_like(x), stats, zeros, ones,
+                                   0.9, running, nthreads)
+        np.testing.assert_allclose(stats[0], x.astype(np.float64).mean(0), rtol=1e-13,
+                                   err_msg=f"mean, R={R}")
+        dx, dgamma, dbeta = np.empty_like(x), np.empty(D, dtype), np.empty(D, dtype)
+        kernels.rows_backward(x, dout, ones, stats[0], stats[2], True, dx, dgamma, dbeta, nthreads)
+        np.testing.assert_array_equal(dbeta, dout.sum(0), err_msg=f"dbeta, R={R}")
