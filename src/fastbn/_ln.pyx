@@ -15,6 +15,8 @@ the natural unit of work is a row: threads take contiguous blocks of rows
   into the thread's float64 partial column sums for ``dbeta`` and
   ``dgamma`` -- then a second pass writes ``dx``.  The per-thread partials
   (``2 * D`` doubles each) are merged at the end: no N x D temporaries.
+  Contiguous float32 rows run the same scheme in float32 lanes
+  (``include/fastbn/layernorm.h``).
 
 Any strides work (element strides, possibly negative or zero).  Row-major
 data run the per-row loops with the features innermost; column-major data
@@ -137,21 +139,11 @@ cdef inline void _backward_row_pair(const floating* x0, const floating* g0,
 cdef inline void _dx_row(const floating* xr, const floating* grow, floating* drow,
                          Py_ssize_t D, const floating* gamma, double mu, double inv,
                          double b, double c0) noexcept nogil:
-    """dx = inv * gamma * g + b * (x - mu) + c0 over one contiguous row.
-
-    float32 rows compute in float32 (twice the vector width), centred as in
-    batch norm's dx pass (fastbn_center_fold): x - m is exact near the mean.
-    """
+    """dx = inv * gamma * g + b * (x - mu) + c0 over one contiguous row
+    (float64 rows: contiguous float32 rows take fastbn_ln_rows_backward_f)."""
     cdef Py_ssize_t j
-    cdef floating ca, cb, m, cc
-    if floating is float:
-        ca = <float>inv
-        fastbn_center_fold(mu, b, c0, &m, &cb, &cc)
-        for j in range(D):
-            drow[j] = ca * (gamma[j] * grow[j]) + cb * (xr[j] - m) + cc
-    else:
-        for j in range(D):
-            drow[j] = inv * (gamma[j] * grow[j]) + b * (xr[j] - mu) + c0
+    for j in range(D):
+        drow[j] = <floating>(inv * (gamma[j] * grow[j]) + b * (xr[j] - mu) + c0)
 
 
 cdef inline void _backward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -253,8 +245,8 @@ cdef inline void _forward_cols(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         for k in range(nb):
             c[k] = x[(i0 + k) * sr]
         # the block's row sums are batch norm's column sums of its transpose
-        # (features as rows, rows as columns): _rows_sums' four-row sweeps
-        # load and store the per-row accumulators once per four features
+        # (features as rows, rows as columns): the row-block sums load and
+        # store the per-row accumulators once per block of features
         fastbn_rows_sums(x + i0 * sr, sd, sr, nb, D, 0, fastbn_row_blocks(D, FASTBN_SUM_ROWS), c,
                          s1, s2)
         for k in range(nb):
