@@ -396,6 +396,23 @@ cdef inline void* _data(object a) noexcept:
     return PyArray_DATA(<PyArrayObject*>a)
 
 
+cdef inline int _small_rows(object x, Py_ssize_t serial_below) noexcept:
+    """The typenum of ``x`` when it is a plain float32/float64 (R, D) array
+    with R, D >= 2 (one feature takes the channel kernels) and R * D below
+    ``serial_below``; else 0."""
+    cdef int typenum
+    cdef npy_intp* dims
+    if type(x) is not _ndarray:
+        return 0
+    typenum = PyArray_TYPE(<PyArrayObject*>x)
+    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
+        return 0
+    dims = PyArray_DIMS(<PyArrayObject*>x)
+    if dims[0] < 2 or dims[1] < 2 or dims[0] * dims[1] >= serial_below:
+        return 0
+    return typenum
+
+
 cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
     cdef Steps s
     s.s0 = D
@@ -474,15 +491,12 @@ def small_batchnorm_forward(x, gamma, beta, bn_param, cache_type, Py_ssize_t ser
     x's dtype (variance >= 0).  ``cache_type(x, gamma, mean, invstd, train,
     spatial)`` builds the cache.
     """
-    if type(x) is not _ndarray or type(bn_param) is not dict:
+    if type(bn_param) is not dict:
         return None
-    cdef int typenum = PyArray_TYPE(<PyArrayObject*>x)
-    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
+    cdef int typenum = _small_rows(x, serial_below)
+    if typenum == 0:
         return None
-    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
-    cdef Py_ssize_t D = dims[1]
-    if dims[0] < 2 or D < 2 or dims[0] * D >= serial_below:     # one feature: channel kernels
-        return None
+    cdef Py_ssize_t D = PyArray_DIMS(<PyArrayObject*>x)[1]
     if not (_vector(gamma, D, typenum) and _vector(beta, D, typenum)):
         return None
     mode = bn_param.get("mode")
@@ -553,15 +567,11 @@ def small_batchnorm_backward(dout, cache, cache_type, Py_ssize_t serial_below):
     if cache.train is not True or cache.spatial is not False:
         return None
     x = cache.x
-    if type(x) is not _ndarray:
-        return None
-    cdef int typenum = PyArray_TYPE(<PyArrayObject*>x)
-    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
+    cdef int typenum = _small_rows(x, serial_below)
+    if typenum == 0 or not _plain(dout, 2, typenum):
         return None
     cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
     cdef Py_ssize_t D = dims[1]
-    if D < 2 or dims[0] < 2 or dims[0] * D >= serial_below or not _plain(dout, 2, typenum):
-        return None
     cdef npy_intp* gdims = PyArray_DIMS(<PyArrayObject*>dout)
     if gdims[0] != dims[0] or gdims[1] != D:
         return None
