@@ -9,20 +9,36 @@ a fraction of a millisecond.  So the kernels' team is no larger than:
 * the CPUs the process may run on (``os.sched_getaffinity``), capped by a
   cgroup CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` /
   ``cpu.cfs_period_us`` in v1), rounded up: :func:`available_cpus`;
-* of those, the ones other processes leave free: the machine's runnable
-  tasks now (``/proc/loadavg``) minus this process's own runnable threads
-  (``/proc/self/task``, so fastbn's own workers spinning between calls are
-  not mistaken for someone else's): :func:`free_cpus`, remeasured at most
-  every 50 ms.
+* of those, the ones other processes leave free: :func:`free_cpus`.
 
-Where ``/proc`` is missing (not Linux) the team is sized by the available
-CPUs alone.
+Other processes' load is the CPU time the whole machine spent busy
+(``/proc/stat``, steal time included: a vCPU the hypervisor took is as
+taken as one another process holds) minus this process's own CPU time
+(all its threads, fastbn's spinning OpenMP workers included), over a
+window of :data:`WINDOW_S` seconds in which this process keeps calling
+fastbn or computing.  A window is an average, not a snapshot: the runnable-task count of
+one instant (``/proc/loadavg``) also counts tasks that are about to stop --
+the OpenMP workers of a process that just finished a parallel region spin
+for milliseconds before they sleep -- and a one-instant reading taken then
+would halve the team for no reason.  A pause (longer than :data:`IDLE_S`
+between two calls, with this process's threads mostly idle in between)
+ends the window unmeasured, since while this process waits (for a pipe, a
+lock, another process's result) the others' CPU time says nothing about
+the CPUs it will get when it resumes; the last decision holds until a
+window completes.  Time spent computing between calls (NumPy layers of a
+training step) is no pause.  The first window of a process starts with every
+available CPU, so new load costs at most one window of full-size teams.
+
+Where ``/proc/stat`` is missing (not Linux) the team is sized by the
+available CPUs alone.
 """
 import math
 import os
 import time
 
-SAMPLE_S = 0.05         # how long a measurement of the other processes' load holds
+WINDOW_S = 0.1          # the span over which other processes' CPU time is averaged
+IDLE_S = 0.02           # a pause in the calls this long ends a window unmeasured
+OTHERS_TAKE = 0.35      # the fraction of a CPU of others' load that counts as a taken CPU
 AVAILABLE_S = 1.0       # how long the affinity and cgroup quota are taken as read
 
 
@@ -70,61 +86,95 @@ def available_cpus():
     return max(1, n)
 
 
-def running_tasks(loadavg="/proc/loadavg"):
-    """Tasks running or ready to run on the whole machine now (the kernel's
-    ``nr_running``, the fourth field of ``/proc/loadavg``), or None."""
-    text = _read(loadavg)
+def busy_seconds(stat="/proc/stat"):
+    """CPU-seconds the whole machine has spent busy since boot (user, nice,
+    system, irq, softirq and steal time of the first line of ``/proc/stat``),
+    or None."""
+    text = _read_first_line(stat)
     if text is None:
         return None
+    fields = text.split()
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
     try:
-        return int(text.split()[3].split("/")[0])
-    except (IndexError, ValueError):
+        ticks = [int(v) for v in fields[1:9]]
+    except ValueError:
+        return None
+    ticks += [0] * (8 - len(ticks))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def _read_first_line(path):
+    try:
+        with open(path) as f:
+            return f.readline()
+    except OSError:
         return None
 
 
-def own_running(task_dir="/proc/self/task"):
-    """Threads of this process running or ready to run now (state R),
-    including the caller and OpenMP workers spinning between calls."""
-    n = 0
-    try:
-        tids = os.listdir(task_dir)
-    except OSError:
-        return 1
-    for tid in tids:
-        text = _read(os.path.join(task_dir, tid, "stat"))
-        # "tid (comm) S ...": the state follows the last ')'
-        if text and text[text.rfind(")") + 2:text.rfind(")") + 3] == "R":
-            n += 1
-    return max(1, n)
+try:
+    _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):
+    _CLOCK_TICKS = 100
 
 
-def free_from(available, running, own, online):
-    """CPUs of ``available`` not taken by other processes when ``running``
-    tasks are runnable on ``online`` CPUs, ``own`` of them this process's
-    threads: at least 1.  Other processes' tasks are assumed spread evenly
-    over the online CPUs when the process may use only some of them."""
-    others = max(0, running - own) * min(1.0, available / online)
-    return max(1, min(available, available - math.ceil(others - 0.5)))
+def free_from(available, others, online):
+    """CPUs of ``available`` not taken by other processes that kept
+    ``others`` CPUs busy on average over a window: at least 1.
+
+    Other processes' load is assumed spread evenly over the ``online`` CPUs
+    when this process may use only some of them.  A third of a CPU already
+    counts as a taken CPU: a hog competing with one of this process's
+    threads gets only part of its CPU (half, under a fair scheduler), and
+    that thread waits all the same.  Less than that is below what a window
+    can resolve (``/proc/stat`` counts in clock ticks of 10 ms).
+    """
+    share = max(0.0, others) * min(1.0, available / online)
+    return max(1, min(available, available - math.ceil(share - OTHERS_TAKE)))
 
 
-# one tuple each, replaced whole, so threads calling at once read consistent pairs
-_last = (None, None)        # (monotonic time, free_cpus()) as last measured
+class _Window:
+    """One window's start: when, the machine's busy CPU-seconds, and this
+    process's CPU-seconds then."""
+    __slots__ = ("start", "busy", "own")
+
+    def __init__(self, start, busy, own):
+        self.start, self.busy, self.own = start, busy, own
+
+
+# replaced whole, so threads calling at once read consistent values
+_window = None              # the current window's _Window, or None
+_last_call = (None, None)   # (monotonic time, process CPU time) of the previous call
+_free = None                # the team cap from the last completed window
 _available = (None, None)   # (monotonic time, available_cpus()) as last read
 
 
 def free_cpus():
-    """CPUs of :func:`available_cpus` that other processes leave free now
-    (remeasured at most every :data:`SAMPLE_S` seconds)."""
-    global _last, _available
+    """CPUs of :func:`available_cpus` that other processes leave free, as
+    measured over the last completed window of calls (see the module's
+    docstring); every available CPU before the first one completes."""
+    global _window, _last_call, _free, _available
     now = time.monotonic()
-    checked, free = _last
-    if checked is not None and now - checked < SAMPLE_S:
-        return free
     if _available[0] is None or now - _available[0] >= AVAILABLE_S:
         _available = (now, available_cpus())
     available = _available[1]
-    running = running_tasks()
-    free = available if running is None else free_from(
-        available, running, own_running(), os.cpu_count() or available)
-    _last = (now, free)
-    return free
+    own = time.process_time()
+    then, own_then = _last_call
+    gap = None if then is None else now - then
+    # a pause: no call for IDLE_S while this process mostly waited
+    paused = gap is None or (gap > IDLE_S and own - own_then < 0.5 * gap)
+    _last_call = (now, own)
+    window = _window
+    if paused or window is None:
+        busy = busy_seconds()
+        _window = None if busy is None else _Window(now, busy, own)
+    elif now - window.start >= WINDOW_S:
+        busy = busy_seconds()
+        if busy is not None:
+            span = now - window.start
+            others = ((busy - window.busy) - (own - window.own)) / span
+            _free = free_from(available, others, os.cpu_count() or available)
+            _window = _Window(now, busy, own)
+    free = available if _free is None else _free
+    return min(free, available)

@@ -4,6 +4,9 @@ A hog is a busy Python loop in a child process pinned to one CPU this
 process may use; it is started and stopped here.  Each case is timed for a
 fixed wall time quiet, then with the hog running, and the report gives the
 median and the slowest call of each, and the loaded/quiet median ratio.
+Each case and phase starts with untimed calls for :data:`SETTLE_S`: fastbn
+notices new load within one window of calls (:data:`fastbn._cpus.WINDOW_S`),
+and the report is of the steady state after it.
 On a machine already shared with other jobs "quiet" only means "without
 this hog".  The last column gives the threads the kernels chose for a
 call of the case's size at the end of each phase (:func:`fastbn._config.threads_for`).
@@ -23,6 +26,7 @@ import sys
 import time
 
 from .._config import threads_for
+from .._cpus import WINDOW_S
 from .cases import Case, implementations
 from .machine import header, kernel_build, machine
 
@@ -51,10 +55,14 @@ def stop_hog(proc):
     proc.wait(timeout=10)
 
 
-def time_for(fn, seconds):
-    """Single-call times of ``fn`` over ``seconds`` of wall time (after one call)."""
-    fn()
+def time_for(fn, seconds, settle=0.0):
+    """Single-call times of ``fn`` over ``seconds`` of wall time, after
+    ``settle`` seconds of untimed calls (at least one)."""
     clock = time.perf_counter
+    end = clock() + settle
+    fn()
+    while clock() < end:
+        fn()
     times = []
     end = clock() + seconds
     while clock() < end:
@@ -65,6 +73,10 @@ def time_for(fn, seconds):
 
 
 CONTROL_LABEL = "control: NumPy, 1 thread"
+# untimed calls before each case and phase: fastbn sizes its teams from the
+# load it measured over its last window of calls (fastbn._cpus.WINDOW_S),
+# so the first window after the hog starts still runs full teams
+SETTLE_S = 3 * WINDOW_S
 SLOW_MS = 5.0          # the slowest call counted as a stall
 
 
@@ -102,7 +114,7 @@ def measure_under_load(cases=LOAD_CASES, direction="backward", seconds=2.0, thre
                 if hog is not None:
                     time.sleep(0.2)            # let the hog take its core
                 for c, fn in fns.items():
-                    out[c][phase] = time_for(fn, seconds)
+                    out[c][phase] = time_for(fn, seconds, settle=SETTLE_S)
                     # the team the kernels chose at the end of the phase
                     out[c][phase + "_threads"] = (1 if c == CONTROL_LABEL
                                                   else threads_for(math.prod(c.shape)))
