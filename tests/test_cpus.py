@@ -101,7 +101,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(_cpus, "busy_seconds", lambda: m.busy)
     monkeypatch.setattr(_cpus, "available_cpus", lambda: 2)
     monkeypatch.setattr(_cpus.os, "cpu_count", lambda: 2)
-    for name, value in [("_window", None), ("_last_call", (None, None)), ("_free", None),
+    for name, value in [("_window", None), ("_last_call", (None, None)), ("_free", (None, None)),
                         ("_available", (None, None))]:
         monkeypatch.setattr(_cpus, name, value)
     return m
@@ -145,6 +145,20 @@ def test_computing_between_calls_is_no_pause(machine):
     assert got[-1] == 1
 
 
+def test_old_measurements_lapse(machine):
+    # calls so sparse that a window spans more than WINDOW_MAX_S: not measured
+    got = _calls(machine, 3000, own=1.0, others=1.0, every_ms=1e3 * _cpus.WINDOW_MAX_S + 50)
+    assert set(got) == {2}
+    # a measured hog, then bursts with waits in between, which complete no window:
+    # the measurement holds for HOLD_S, then the team is whole again
+    assert _calls(machine, 300, own=1.0, others=1.0)[-1] == 1
+    got = []
+    for _ in range(int(3 * _cpus.HOLD_S / 0.1)):
+        got += _calls(machine, 10, own=2.0, others=0.0)
+        machine.run(90, own=0.01, others=0.0)
+    assert got[0] == 1 and got[-1] == 2
+
+
 def test_without_proc_stat_every_available_cpu(machine, monkeypatch):
     monkeypatch.setattr(_cpus, "busy_seconds", lambda: None)
     assert set(_calls(machine, 500, own=1.0, others=1.0)) == {2}
@@ -167,7 +181,7 @@ def test_a_busy_process_leaves_fewer_free_cpus(monkeypatch):
     available = _cpus.available_cpus()
     if available < 2 or available != os.cpu_count():
         pytest.skip("needs at least 2 CPUs, all of them available")
-    for name, value in [("_window", None), ("_last_call", (None, None)), ("_free", None)]:
+    for name, value in [("_window", None), ("_last_call", (None, None)), ("_free", (None, None))]:
         monkeypatch.setattr(_cpus, name, value)
     hog = subprocess.Popen([sys.executable, "-c", "while True:\n    pass\n"])
     try:

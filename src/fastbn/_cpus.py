@@ -26,7 +26,10 @@ ends the window unmeasured, since while this process waits (for a pipe, a
 lock, another process's result) the others' CPU time says nothing about
 the CPUs it will get when it resumes; the last decision holds until a
 window completes.  Time spent computing between calls (NumPy layers of a
-training step) is no pause.  The first window of a process starts with every
+training step) is no pause, but a window that sparse calls stretch past
+:data:`WINDOW_MAX_S` is dropped as too old to say much about now, and a
+measured size holds for :data:`HOLD_S`, after which the team goes back to
+every available CPU until a new window completes.  The first window of a process starts with every
 available CPU, so new load costs at most one window of full-size teams.
 
 Where ``/proc/stat`` is missing (not Linux) the team is sized by the
@@ -37,6 +40,8 @@ import os
 import time
 
 WINDOW_S = 0.1          # the span over which other processes' CPU time is averaged
+WINDOW_MAX_S = 0.5      # a window stretched longer than this by sparse calls is dropped
+HOLD_S = 1.0            # how long a measured team size holds without a newer one
 IDLE_S = 0.02           # a pause in the calls this long ends a window unmeasured
 OTHERS_TAKE = 0.35      # the fraction of a CPU of others' load that counts as a taken CPU
 AVAILABLE_S = 1.0       # how long the affinity and cgroup quota are taken as read
@@ -146,7 +151,7 @@ class _Window:
 # replaced whole, so threads calling at once read consistent values
 _window = None              # the current window's _Window, or None
 _last_call = (None, None)   # (monotonic time, process CPU time) of the previous call
-_free = None                # the team cap from the last completed window
+_free = (None, None)        # (monotonic time, team cap) of the last completed window
 _available = (None, None)   # (monotonic time, available_cpus()) as last read
 
 
@@ -171,10 +176,12 @@ def free_cpus():
         _window = None if busy is None else _Window(now, busy, own)
     elif now - window.start >= WINDOW_S:
         busy = busy_seconds()
-        if busy is not None:
-            span = now - window.start
+        span = now - window.start
+        if busy is not None and span <= WINDOW_MAX_S:
             others = ((busy - window.busy) - (own - window.own)) / span
-            _free = free_from(available, others, os.cpu_count() or available)
-            _window = _Window(now, busy, own)
-    free = available if _free is None else _free
+            _free = (now, free_from(available, others, os.cpu_count() or available))
+        _window = None if busy is None else _Window(now, busy, own)
+    decided, free = _free
+    if decided is None or now - decided > HOLD_S:
+        return available
     return min(free, available)
