@@ -42,21 +42,32 @@ def test_no_cgroup_files_means_no_quota(tmp_path):
     assert _cpus.cgroup_quota(str(tmp_path / "none"), str(tmp_path / "missing")) is None
 
 
-def test_busy_seconds_reads_the_first_line(tmp_path):
+def test_busy_seconds_reads_proc_stat(tmp_path):
     # user nice system idle iowait irq softirq steal guest guest_nice
-    _write(tmp_path / "stat", "cpu  100 20 30 4000 50 6 7 8 90 0\ncpu0 1 2 3 4 5 6 7 8 9 0\n")
-    want = (100 + 20 + 30 + 6 + 7 + 8) / _cpus._CLOCK_TICKS     # idle, iowait, guest left out
-    assert _cpus.busy_seconds(str(tmp_path / "stat")) == pytest.approx(want)
-    _write(tmp_path / "old", "cpu  100 20 30 4000\n")            # kernels before iowait
-    assert _cpus.busy_seconds(str(tmp_path / "old")) == pytest.approx(150 / _cpus._CLOCK_TICKS)
+    _write(tmp_path / "stat", "cpu  100 20 30 4000 50 6 7 8 90 0\n"
+                              "cpu0 1 2 3 400 5 6 7 8 9 0\n"
+                              "cpu1 10 20 30 400 50 60 70 80 90 0\n"
+                              "cpu3 100 0 0 400 0 0 0 0 0 0\n"
+                              "intr 12345 6 7\nctxt 99\n")
+    tick = _cpus._CLOCK_TICKS
+    stat = str(tmp_path / "stat")
+    # idle, iowait and guest (already in user) left out
+    assert _cpus.busy_seconds(stat=stat) == pytest.approx((100 + 20 + 30 + 6 + 7 + 8) / tick)
+    assert _cpus.busy_seconds({0}, stat) == pytest.approx((1 + 2 + 3 + 6 + 7 + 8) / tick)
+    assert _cpus.busy_seconds({1, 3}, stat) == pytest.approx((10 + 20 + 30 + 60 + 70 + 80
+                                                              + 100) / tick)
+    assert _cpus.busy_seconds({2}, stat) is None                   # offline: no line
+    _write(tmp_path / "old", "cpu  100 20 30 4000\ncpu0 100 20 30 4000\n")   # before iowait
+    assert _cpus.busy_seconds(stat=str(tmp_path / "old")) == pytest.approx(150 / tick)
+    assert _cpus.busy_seconds({0}, str(tmp_path / "old")) == pytest.approx(150 / tick)
     _write(tmp_path / "bad", "garbage\n")
-    assert _cpus.busy_seconds(str(tmp_path / "bad")) is None
+    assert _cpus.busy_seconds(stat=str(tmp_path / "bad")) is None
     _write(tmp_path / "nan", "cpu  1 x 3 4 5\n")
-    assert _cpus.busy_seconds(str(tmp_path / "nan")) is None
-    assert _cpus.busy_seconds(str(tmp_path / "missing")) is None
+    assert _cpus.busy_seconds(stat=str(tmp_path / "nan")) is None
+    assert _cpus.busy_seconds(stat=str(tmp_path / "missing")) is None
 
 
-@pytest.mark.parametrize("available, others, online, want", [
+@pytest.mark.parametrize("available, others, measured, want", [
     (2, 0.0, 2, 2),       # a quiet machine
     (2, 0.2, 2, 2),       # below what a window resolves
     (2, 0.5, 2, 1),       # a hog sharing a CPU with one of this process's threads
@@ -65,11 +76,11 @@ def test_busy_seconds_reads_the_first_line(tmp_path):
     (2, -0.1, 2, 2),      # rounding of the tick counts
     (4, 1.0, 4, 3),
     (4, 2.2, 4, 2),
-    (2, 8.0, 64, 2),      # 8 busy CPUs of 64: a quarter of one on this process's 2
+    (2, 8.0, 64, 2),      # a quota of 2 on 64 CPUs, 8 of them busy: a quarter of one
     (2, 20.0, 64, 1),
 ])
-def test_free_from(available, others, online, want):
-    assert _cpus.free_from(available, others, online) == want
+def test_free_from(available, others, measured, want):
+    assert _cpus.free_from(available, others, measured) == want
 
 
 class _Machine:
@@ -98,11 +109,11 @@ class _Machine:
 def machine(monkeypatch):
     m = _Machine()
     monkeypatch.setattr(_cpus, "time", m)
-    monkeypatch.setattr(_cpus, "busy_seconds", lambda: m.busy)
+    monkeypatch.setattr(_cpus, "busy_seconds", lambda cpus: m.busy)
     monkeypatch.setattr(_cpus, "available_cpus", lambda: 2)
-    monkeypatch.setattr(_cpus.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_cpus, "_affinity", lambda: [0, 1])
     for name, value in [("_window", None), ("_last_call", (None, None)), ("_free", (None, None)),
-                        ("_available", (None, None))]:
+                        ("_available", (None, None, None))]:
         monkeypatch.setattr(_cpus, name, value)
     return m
 
@@ -160,7 +171,7 @@ def test_old_measurements_lapse(machine):
 
 
 def test_without_proc_stat_every_available_cpu(machine, monkeypatch):
-    monkeypatch.setattr(_cpus, "busy_seconds", lambda: None)
+    monkeypatch.setattr(_cpus, "busy_seconds", lambda cpus: None)
     assert set(_calls(machine, 500, own=1.0, others=1.0)) == {2}
 
 
@@ -196,3 +207,13 @@ def test_a_busy_process_leaves_fewer_free_cpus(monkeypatch):
     finally:
         hog.terminate()
         hog.wait()
+
+
+def test_only_the_cpus_the_process_may_use_are_measured(machine, monkeypatch):
+    # another process keeping CPU 1 busy does not take from a process pinned to CPU 0
+    asked = []
+    monkeypatch.setattr(_cpus, "_affinity", lambda: [0])
+    monkeypatch.setattr(_cpus, "available_cpus", lambda: 1)
+    monkeypatch.setattr(_cpus, "busy_seconds", lambda cpus: asked.append(cpus) or machine.busy)
+    _calls(machine, 300, own=1.0, others=0.0)
+    assert asked and all(c == frozenset({0}) for c in asked)

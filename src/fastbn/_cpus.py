@@ -11,10 +11,11 @@ a fraction of a millisecond.  So the kernels' team is no larger than:
   ``cpu.cfs_period_us`` in v1), rounded up: :func:`available_cpus`;
 * of those, the ones other processes leave free: :func:`free_cpus`.
 
-Other processes' load is the CPU time the whole machine spent busy
-(``/proc/stat``, steal time included: a vCPU the hypervisor took is as
-taken as one another process holds) minus this process's own CPU time
-(all its threads, fastbn's spinning OpenMP workers included), over a
+Other processes' load is the CPU time the CPUs this process may run on
+spent busy (their lines of ``/proc/stat``, steal time included: a vCPU the
+hypervisor took is as taken as one another process holds) minus this
+process's own CPU time (all its threads, fastbn's spinning OpenMP workers
+included), over a
 window of :data:`WINDOW_S` seconds in which this process keeps calling
 fastbn or computing.  A window is an average, not a snapshot: the runnable-task count of
 one instant (``/proc/loadavg``) also counts tasks that are about to stop --
@@ -91,31 +92,44 @@ def available_cpus():
     return max(1, n)
 
 
-def busy_seconds(stat="/proc/stat"):
-    """CPU-seconds the whole machine has spent busy since boot (user, nice,
-    system, irq, softirq and steal time of the first line of ``/proc/stat``),
-    or None."""
-    text = _read_first_line(stat)
-    if text is None:
-        return None
-    fields = text.split()
-    if len(fields) < 5 or fields[0] != "cpu":
-        return None
-    try:
-        ticks = [int(v) for v in fields[1:9]]
-    except ValueError:
-        return None
+def _busy_ticks(fields):
+    """Busy clock ticks of one ``/proc/stat`` cpu line's numbers (user, nice,
+    system, irq, softirq, steal; not idle, iowait, or guest, which user
+    already holds)."""
+    ticks = [int(v) for v in fields[:8]]
     ticks += [0] * (8 - len(ticks))
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    return user + nice + system + irq + softirq + steal
 
 
-def _read_first_line(path):
+def busy_seconds(cpus=None, stat="/proc/stat"):
+    """CPU-seconds spent busy since boot by the CPUs numbered in ``cpus``
+    (default: all of them), from ``/proc/stat``; None when it cannot be read.
+
+    Busy is user, nice, system, irq, softirq and steal time.
+    """
     try:
-        with open(path) as f:
-            return f.readline()
+        with open(stat) as f:
+            text = f.read()
     except OSError:
         return None
+    total, seen = 0, False
+    try:
+        for line in text.splitlines():
+            fields = line.split()
+            if not fields or not fields[0].startswith("cpu"):
+                continue
+            name = fields[0]
+            if cpus is None:
+                if name == "cpu" and len(fields) >= 5:
+                    return _busy_ticks(fields[1:]) / _CLOCK_TICKS
+                continue
+            if name != "cpu" and int(name[3:]) in cpus and len(fields) >= 5:
+                total += _busy_ticks(fields[1:])
+                seen = True
+    except ValueError:
+        return None
+    return total / _CLOCK_TICKS if seen else None
 
 
 try:
@@ -124,18 +138,20 @@ except (AttributeError, ValueError, OSError):
     _CLOCK_TICKS = 100
 
 
-def free_from(available, others, online):
+def free_from(available, others, measured):
     """CPUs of ``available`` not taken by other processes that kept
-    ``others`` CPUs busy on average over a window: at least 1.
+    ``others`` of the ``measured`` CPUs busy on average over a window: at
+    least 1.
 
-    Other processes' load is assumed spread evenly over the ``online`` CPUs
-    when this process may use only some of them.  A third of a CPU already
+    When fewer CPUs are available than were measured (a cgroup quota below
+    the CPUs the process may run on) the others' load is taken as spread
+    evenly over the measured ones.  A third of a CPU already
     counts as a taken CPU: a hog competing with one of this process's
     threads gets only part of its CPU (half, under a fair scheduler), and
     that thread waits all the same.  Less than that is below what a window
     can resolve (``/proc/stat`` counts in clock ticks of 10 ms).
     """
-    share = max(0.0, others) * min(1.0, available / online)
+    share = max(0.0, others) * min(1.0, available / measured)
     return max(1, min(available, available - math.ceil(share - OTHERS_TAKE)))
 
 
@@ -152,7 +168,7 @@ class _Window:
 _window = None              # the current window's _Window, or None
 _last_call = (None, None)   # (monotonic time, process CPU time) of the previous call
 _free = (None, None)        # (monotonic time, team cap) of the last completed window
-_available = (None, None)   # (monotonic time, available_cpus()) as last read
+_available = (None, None, None)   # (monotonic time, available_cpus(), affinity) as last read
 
 
 def free_cpus():
@@ -162,8 +178,8 @@ def free_cpus():
     global _window, _last_call, _free, _available
     now = time.monotonic()
     if _available[0] is None or now - _available[0] >= AVAILABLE_S:
-        _available = (now, available_cpus())
-    available = _available[1]
+        _available = (now, available_cpus(), frozenset(_affinity()))
+    _, available, cpus = _available
     own = time.process_time()
     then, own_then = _last_call
     gap = None if then is None else now - then
@@ -172,14 +188,14 @@ def free_cpus():
     _last_call = (now, own)
     window = _window
     if paused or window is None:
-        busy = busy_seconds()
+        busy = busy_seconds(cpus)
         _window = None if busy is None else _Window(now, busy, own)
     elif now - window.start >= WINDOW_S:
-        busy = busy_seconds()
+        busy = busy_seconds(cpus)
         span = now - window.start
         if busy is not None and span <= WINDOW_MAX_S:
             others = ((busy - window.busy) - (own - window.own)) / span
-            _free = (now, free_from(available, others, os.cpu_count() or available))
+            _free = (now, free_from(available, others, len(cpus)))
         _window = None if busy is None else _Window(now, busy, own)
     decided, free = _free
     if decided is None or now - decided > HOLD_S:
