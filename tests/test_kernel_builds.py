@@ -263,3 +263,59 @@ def test_ln_build_reports_its_isa(ln_build):
 def test_ln_follows_the_batchnorm_build():
     from fastbn import compiled_ln
     assert compiled_ln._ln.kernel_isa() == compiled.KERNEL_ISA
+
+
+@pytest.fixture(params=_builds("_gn", id_prefix="gn-"))
+def gn_build(request, monkeypatch):
+    from fastbn import compiled_gn
+    return _use_build(request, monkeypatch, compiled_gn, "_gn")
+
+
+# Group norm writes large outputs whose channels are contiguous runs with
+# non-temporal stores too; forced on small odd cases, the same bits.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,layout,streams", [
+    ((2, 4, 7, 9), "C", True), ((3, 6, 33, 35), "C", True), ((2, 4, 1, 1), "C", True),
+    ((2, 6, 5, 3), "channels_last", False), ((2, 4, 6, 5), "strided", True),
+])
+def test_group_norm_streaming_stores_give_the_same_bits(gn_build, monkeypatch, rng, dtype, shape,
+                                                        layout, streams):
+    from fastbn import compiled_gn
+    G = 2
+    x = with_layout(rng.normal(3.0, 2.0, shape).astype(dtype), layout)
+    dout = with_layout(rng.standard_normal(shape).astype(dtype), layout)
+    gamma = rng.normal(1.0, 0.5, (1, shape[1], 1, 1)).astype(dtype)
+    beta = rng.standard_normal((1, shape[1], 1, 1)).astype(dtype)
+
+    def run():
+        out, dx = np.empty_like(x), np.empty_like(x)
+        _, cache = compiled_gn.spatial_groupnorm_forward(x, gamma, beta, G, {}, out=out)
+        _, dgamma, dbeta = compiled_gn.spatial_groupnorm_backward(dout, cache, dx=dx)
+        return out, dx, dgamma, dbeta
+
+    want = run()
+    calls = []
+    real = compiled_gn.group_stream_stores
+    monkeypatch.setattr(_layout, "GROUP_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(_layout, "STREAM_MIN_RUN_BYTES", 0)
+    monkeypatch.setattr(compiled_gn, "group_stream_stores",
+                        lambda v, w: calls.append(real(v, w)) or calls[-1])
+    got = run()
+    assert calls == [streams, streams]          # forward and backward were told to stream
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    out_ref, _ = reference.spatial_groupnorm_forward(x.astype(np.float64), gamma.astype(np.float64),
+                                                     beta.astype(np.float64), G, {})
+    np.testing.assert_allclose(got[0], out_ref, **TOL[dtype])
+
+
+def test_group_norm_streams_only_large_contiguous_warm_outputs():
+    big = np.empty((32, 64, 56, 56), np.float32)                  # 25.7 MB, 12.5 KiB runs
+    assert _layout.group_stream_stores(big, True)
+    assert not _layout.group_stream_stores(big, False)           # fresh pages
+    short = np.empty((64, 256, 14, 14), np.float32)              # 12.8 MB, 784-byte runs
+    assert not _layout.group_stream_stores(short, True)
+    small = np.empty((4, 64, 56, 56), np.float32)                # 3.2 MB
+    assert not _layout.group_stream_stores(small, True)
+    last = np.empty((32, 56, 56, 64), np.float32).transpose(0, 3, 1, 2)
+    assert not _layout.group_stream_stores(last, True)           # channels-last

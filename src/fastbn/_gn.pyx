@@ -26,21 +26,21 @@ cdef extern from "fastbn/groupnorm.h" nogil:
     void fastbn_gn_block_forward_f(const float* x, fastbn_gn_strides xs, float* y,
                                    fastbn_gn_strides ys, Py_ssize_t Cg, Py_ssize_t H,
                                    Py_ssize_t W, const float* gamma, const float* beta,
-                                   double eps, double* mean, double* invstd)
+                                   double eps, double* mean, double* invstd, int nt)
     void fastbn_gn_block_forward_d(const double* x, fastbn_gn_strides xs, double* y,
                                    fastbn_gn_strides ys, Py_ssize_t Cg, Py_ssize_t H,
                                    Py_ssize_t W, const double* gamma, const double* beta,
-                                   double eps, double* mean, double* invstd)
+                                   double eps, double* mean, double* invstd, int nt)
     void fastbn_gn_block_backward_f(const float* x, fastbn_gn_strides xs, const float* dy,
                                     fastbn_gn_strides gs, float* dx, fastbn_gn_strides ds,
                                     Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,
                                     const float* gamma, double mu, double inv,
-                                    double* pdgamma, double* pdbeta)
+                                    double* pdgamma, double* pdbeta, int nt)
     void fastbn_gn_block_backward_d(const double* x, fastbn_gn_strides xs, const double* dy,
                                     fastbn_gn_strides gs, double* dx, fastbn_gn_strides ds,
                                     Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W,
                                     const double* gamma, double mu, double inv,
-                                    double* pdgamma, double* pdbeta)
+                                    double* pdgamma, double* pdbeta, int nt)
     int fastbn_gn_sample_forward_f(const float* x, fastbn_gn_strides xs, float* y,
                                    fastbn_gn_strides ys, Py_ssize_t C, Py_ssize_t H,
                                    Py_ssize_t W, Py_ssize_t G, const float* gamma,
@@ -106,8 +106,12 @@ cdef inline bint _channels_inner(fastbn_gn_strides s, Py_ssize_t C, Py_ssize_t H
 
 def forward(const floating[:, :, :, :] x, const floating[::1] gamma,
             const floating[::1] beta, Py_ssize_t G, double eps,
-            floating[:, :, :, :] out, double[::1] mean, double[::1] invstd, int nthreads):
-    """Group-norm forward on (N, C, H, W); fills mean and invstd (N * G, float64)."""
+            floating[:, :, :, :] out, double[::1] mean, double[::1] invstd, int nthreads,
+            bint stream=False):
+    """Group-norm forward on (N, C, H, W); fills mean and invstd (N * G, float64).
+
+    ``stream``: write the output's contiguous runs with non-temporal stores.
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t isz = sizeof(floating), Cg = C // G, b, n, g
     cdef fastbn_gn_strides xs = _strides(x.strides, isz), ys = _strides(out.strides, isz)
@@ -139,12 +143,12 @@ def forward(const floating[:, :, :, :] x, const floating[::1] gamma,
                     fastbn_gn_block_forward_f(xp + n * xs.n + g * Cg * xs.c, xs,
                                               yp + n * ys.n + g * Cg * ys.c, ys, Cg, H, W,
                                               &gamma[g * Cg], &beta[g * Cg], eps,
-                                              &mean[b], &invstd[b])
+                                              &mean[b], &invstd[b], stream)
                 else:
                     fastbn_gn_block_forward_d(xp + n * xs.n + g * Cg * xs.c, xs,
                                               yp + n * ys.n + g * Cg * ys.c, ys, Cg, H, W,
                                               &gamma[g * Cg], &beta[g * Cg], eps,
-                                              &mean[b], &invstd[b])
+                                              &mean[b], &invstd[b], stream)
     if failed:
         raise MemoryError("fastbn: cannot allocate group-norm work memory")
 
@@ -153,12 +157,13 @@ def backward(const floating[:, :, :, :] x, const floating[:, :, :, :] dout,
              const floating[::1] gamma, Py_ssize_t G, const double[::1] mean,
              const double[::1] invstd, floating[:, :, :, :] dx,
              floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] work,
-             int nthreads):
+             int nthreads, bint stream=False):
     """Fused group-norm backward on (N, C, H, W): dx, dgamma and dbeta.
 
     ``work`` (2, N * C) receives the per-(sample, channel) partial sums of
     dgamma, then of dbeta, added up per channel at the end (a fixed order:
-    the same bits on any thread count).
+    the same bits on any thread count).  ``stream``: write dx's contiguous
+    runs with non-temporal stores.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t isz = sizeof(floating), Cg = C // G, b, n, g, k
@@ -200,13 +205,13 @@ def backward(const floating[:, :, :, :] x, const floating[:, :, :, :] dout,
                                                gp + n * gs.n + g * Cg * gs.c, gs,
                                                dp + n * ds.n + g * Cg * ds.c, ds, Cg, H, W,
                                                &gamma[g * Cg], mean[b], invstd[b],
-                                               part + n * C + g * Cg, pdb + n * C + g * Cg)
+                                               part + n * C + g * Cg, pdb + n * C + g * Cg, stream)
                 else:
                     fastbn_gn_block_backward_d(xp + n * xs.n + g * Cg * xs.c, xs,
                                                gp + n * gs.n + g * Cg * gs.c, gs,
                                                dp + n * ds.n + g * Cg * ds.c, ds, Cg, H, W,
                                                &gamma[g * Cg], mean[b], invstd[b],
-                                               part + n * C + g * Cg, pdb + n * C + g * Cg)
+                                               part + n * C + g * Cg, pdb + n * C + g * Cg, stream)
         if not failed:
             for k in range(C):
                 t1 = 0.0

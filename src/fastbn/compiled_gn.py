@@ -14,7 +14,7 @@ import numpy as np
 from ._alloc import empty
 from ._config import threads_for
 from ._dispatch import matching_build
-from ._layout import empty_like_order
+from ._layout import empty_like_order_reused, group_stream_stores
 from ._validation import check_cache_arrays, check_dout, check_groupnorm_args, check_out
 
 _gn = matching_build("_gn")
@@ -96,14 +96,16 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
     p = check_groupnorm_args(x, gamma, beta, G, gn_param)
     x = p.x
     if out is None:
-        out = empty_like_order(x)
+        out, warm = empty_like_order_reused(x)
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
+        warm = True
     gamma = np.ascontiguousarray(p.gamma)
     beta = np.ascontiguousarray(p.beta)
     NG = x.shape[0] * p.G
     mean, invstd = np.empty(NG, F64), np.empty(NG, F64)
-    _gn.forward(x, gamma, beta, p.G, p.eps, out, mean, invstd, threads_for(x.size))
+    _gn.forward(x, gamma, beta, p.G, p.eps, out, mean, invstd, threads_for(x.size),
+                group_stream_stores(out, warm))
     return out, GroupNormCache(x, gamma, p.G, mean, invstd, p.param_shape)
 
 
@@ -175,14 +177,15 @@ def spatial_groupnorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = empty_like_order(x)
+        dx, warm = empty_like_order_reused(x)
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
+        warm = True
     N, C = x.shape[:2]
     dgamma, dbeta = np.empty(C, x.dtype), np.empty(C, x.dtype)
     # from the buffer cache: for large N * C a fresh block would be new,
     # zero-filled pages on every call
     work = empty((2, N * C), F64)
     _gn.backward(x, dout, c.gamma, c.G, c.mean, c.invstd, dx, dgamma, dbeta, work,
-                 threads_for(x.size))
+                 threads_for(x.size), group_stream_stores(dx, warm))
     return dx, dgamma.reshape(c.param_shape), dbeta.reshape(c.param_shape)

@@ -52,6 +52,7 @@ typedef struct {
     Py_ssize_t n, c, h, w;
 } fastbn_gn_strides;
 
+#include "fastbn/output.h"
 #include "fastbn/simd_f32.h"
 
 /* Sums of d = p[i] - c and d^2 over a run of n floats, added into out[0..1]. */
@@ -210,11 +211,16 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
  * M = C/G * H * W and xc = x - mean:
  *   dx = invstd * g - invstd^3 * sum(g * xc) / M * xc - invstd * sum(g) / M,
  * its two group sums built from per-channel sums of dout and dout * xc,
- * which also give dbeta and dgamma; dx is then one fused pass. */
+ * which also give dbeta and dgamma; dx is then one fused pass.
+ *
+ * Contiguous runs are written by output.h's run functions: with nt != 0
+ * in non-temporal stores (a large output goes to memory without first being
+ * read in), the same values either way. */
 #define FASTBN_GN_DEFINE(T, SFX)                                                                   \
     static inline void fastbn_gn_block_forward_##SFX(                                              \
         const T *x, fastbn_gn_strides xs, T *y, fastbn_gn_strides ys, Py_ssize_t Cg, Py_ssize_t H, \
-        Py_ssize_t W, const T *gamma, const T *beta, double eps, double *mean, double *invstd)     \
+        Py_ssize_t W, const T *gamma, const T *beta, double eps, double *mean, double *invstd,     \
+        int nt)                                                                                    \
     {                                                                                              \
         double acc[2] = {0.0, 0.0};                                                                \
         double M = (double)Cg * (double)H * (double)W, mu, inv;                                    \
@@ -234,20 +240,20 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
                 const T *FASTBN_GN_RESTRICT p = x + k * xs.c + h * xs.h;                           \
                 T *FASTBN_GN_RESTRICT q = y + k * ys.c + h * ys.h;                                 \
                 if (xs.w == 1 && ys.w == 1) {                                                      \
-                    for (w = 0; w < W; w++)                                                        \
-                        q[w] = (p[w] - m) * at + bt;                                               \
+                    fastbn_norm_run_##SFX(p, q, W, m, at, bt, nt);                                 \
                 } else {                                                                           \
                     for (w = 0; w < W; w++)                                                        \
                         q[w * ys.w] = (p[w * xs.w] - m) * at + bt;                                 \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
+        fastbn_stream_fence(nt);                                                                   \
     }                                                                                              \
                                                                                                    \
     static inline void fastbn_gn_block_backward_##SFX(                                             \
         const T *x, fastbn_gn_strides xs, const T *dy, fastbn_gn_strides gs, T *dx,                \
         fastbn_gn_strides ds, Py_ssize_t Cg, Py_ssize_t H, Py_ssize_t W, const T *gamma,           \
-        double mu, double inv, double *pdgamma, double *pdbeta)                                    \
+        double mu, double inv, double *pdgamma, double *pdbeta, int nt)                            \
     {                                                                                              \
         double M = (double)Cg * (double)H * (double)W, A = 0.0, B = 0.0, b, e;                     \
         T m = (T)mu;                                                                               \
@@ -272,14 +278,14 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
                 const T *FASTBN_GN_RESTRICT g = dy + k * gs.c + h * gs.h;                          \
                 T *FASTBN_GN_RESTRICT r = dx + k * ds.c + h * ds.h;                                \
                 if (xs.w == 1 && gs.w == 1 && ds.w == 1) {                                         \
-                    for (w = 0; w < W; w++)                                                        \
-                        r[w] = ca * g[w] + (cb * (p[w] - m) + cc);                                 \
+                    fastbn_dx_run_##SFX(p, g, r, W, ca, cb, m, cc, nt);                            \
                 } else {                                                                           \
                     for (w = 0; w < W; w++)                                                        \
                         r[w * ds.w] = ca * g[w * gs.w] + (cb * (p[w * xs.w] - m) + cc);            \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
+        fastbn_stream_fence(nt);                                                                   \
     }                                                                                              \
                                                                                                    \
     /* One sample of a channels-inner array; mean/invstd are this sample's G     \
