@@ -15,23 +15,23 @@ Other processes' load is the CPU time the CPUs this process may run on
 spent busy (their lines of ``/proc/stat``, steal time included: a vCPU the
 hypervisor took is as taken as one another process holds) minus this
 process's own CPU time (all its threads, fastbn's spinning OpenMP workers
-included), over a
-window of :data:`WINDOW_S` seconds in which this process keeps calling
-fastbn or computing.  A window is an average, not a snapshot: the runnable-task count of
-one instant (``/proc/loadavg``) also counts tasks that are about to stop --
-the OpenMP workers of a process that just finished a parallel region spin
-for milliseconds before they sleep -- and a one-instant reading taken then
-would halve the team for no reason.  A pause (longer than :data:`IDLE_S`
-between two calls, with this process's threads mostly idle in between)
-ends the window unmeasured, since while this process waits (for a pipe, a
-lock, another process's result) the others' CPU time says nothing about
-the CPUs it will get when it resumes; the last decision holds until a
-window completes.  Time spent computing between calls (NumPy layers of a
-training step) is no pause, but a window that sparse calls stretch past
-:data:`WINDOW_MAX_S` is dropped as too old to say much about now, and a
-measured size holds for :data:`HOLD_S`, after which the team goes back to
-every available CPU until a new window completes.  The first window of a process starts with every
-available CPU, so new load costs at most one window of full-size teams.
+included), over a window of :data:`WINDOW_S` seconds in which this process
+keeps calling fastbn or computing.  A window is an average, not a
+snapshot: the runnable-task count of one instant (``/proc/loadavg``) also
+counts tasks that are about to stop -- the OpenMP workers of a process that
+just finished a parallel region spin for milliseconds before they sleep --
+and a one-instant reading taken then would halve the team for no reason.
+A pause (longer than :data:`IDLE_S` between two calls, with this process's
+threads mostly idle in between) ends the window unmeasured, since while
+this process waits (for a pipe, a lock, another process's result) the
+others' CPU time says nothing about the CPUs it will get when it resumes;
+the last decision holds until a window completes.  Time spent computing
+between calls (NumPy layers of a training step) is no pause, but a window
+that sparse calls stretch past :data:`WINDOW_MAX_S` is dropped as too old
+to say much about now, and a measured size holds for :data:`HOLD_S`, after
+which the team goes back to every available CPU until a new window
+completes.  The first window of a process starts with every available
+CPU, so new load costs at most one window of full-size teams.
 
 Where ``/proc/stat`` is missing (not Linux) the team is sized by the
 available CPUs alone.
@@ -156,8 +156,8 @@ def free_from(available, others, measured):
 
 
 class _Window:
-    """One window's start: when, the machine's busy CPU-seconds, and this
-    process's CPU-seconds then."""
+    """One window's start: when, the busy CPU-seconds of the CPUs measured
+    (:func:`busy_seconds`), and this process's CPU-seconds then."""
     __slots__ = ("start", "busy", "own")
 
     def __init__(self, start, busy, own):

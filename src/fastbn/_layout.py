@@ -125,7 +125,7 @@ def group_stream_stores(out, warm):
         return False
     N, C, H, W = out.shape
     item = out.itemsize
-    if W > 1 and out.strides[3] != item or H > 1 and out.strides[2] != W * item:
+    if (W > 1 and out.strides[3] != item) or (H > 1 and out.strides[2] != W * item):
         return False
     return H * W * item >= STREAM_MIN_RUN_BYTES
 
