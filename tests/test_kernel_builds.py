@@ -174,7 +174,7 @@ def test_concurrent_calls_from_python_threads(build, rng):
 # the layouts that fall back to strided loops.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,layout", [
-    ((37, 19), "C"), ((37, 19), "F"), ((5, 1003), "C"), ((300, 5), "strided"),
+    ((37, 19), "C"), ((37, 19), "F"), ((5, 1003), "C"), ((300, 5), "strided"), ((37, 3), "C"),
     ((5, 3, 7, 9), "C"), ((3, 4, 33, 35), "C"), ((4, 6, 5, 3), "channels_last"),
     ((2, 3, 1, 1), "C"),
 ])
@@ -228,8 +228,19 @@ def test_fresh_pages_are_not_streamed(monkeypatch, rng):
     view = _layout.kernel_view(x, True, False)
     assert _layout.stream_stores(view, True)
     assert not _layout.stream_stores(view, False)
+
+
+
+def test_short_rows_stream_only_back_to_back(monkeypatch, rng):
+    """Rows below a page stream when they lie back to back (the row kernels
+    write them as one run), not when each is a run of its own."""
+    monkeypatch.setattr(_layout, "STREAM_MIN_BYTES", 0)
     short = rng.standard_normal((3000, 100)).astype(np.float32)  # 400-byte rows
-    assert not _layout.stream_stores(_layout.kernel_view(short, True, False), True)
+    assert _layout.stream_stores(_layout.kernel_view(short, True, False), True)
+    assert not _layout.stream_stores(_layout.kernel_view(short[:, :50], True, False), True)
+    assert not _layout.stream_stores(_layout.kernel_view(short[::2], True, False), True)
+    long_rows = rng.standard_normal((30, 1100)).astype(np.float32)[:, :1050]  # 4200 bytes
+    assert _layout.stream_stores(_layout.kernel_view(long_rows, True, False), True)
 
 
 @pytest.fixture(params=_builds("_ln", id_prefix="ln-"))

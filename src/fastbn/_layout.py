@@ -86,9 +86,11 @@ def empty_like_order_reused(x):
 # Non-temporal stores bypass the cache: they pay only when the output is too
 # large to stay cached for whatever reads it next, when the kernel writes it
 # in long contiguous runs (a short run leaves write-combining buffers
-# half-filled), and when its pages are mapped already (the OS zeroes a fresh
-# page through the cache just before the kernel writes it, so streaming it
-# adds a second trip to memory).  The thresholds are the smallest sizes at
+# half-filled; the row kernels write rows that lie back to back as one run,
+# and do not stream shorter rows: FASTBN_STREAM_ROW_BYTES in output.h), and
+# when its pages are mapped already (the OS zeroes a fresh page through the
+# cache just before the kernel writes it, so streaming it adds a second trip
+# to memory).  The thresholds are the smallest sizes at
 # which streaming won on the machines measured (see the docs' performance page).
 STREAM_MIN_BYTES = 32 << 20
 STREAM_MIN_RUN_BYTES = 4096
@@ -108,6 +110,8 @@ def stream_stores(view, warm):
         return False
     item = view.itemsize
     run = view.shape[-1] * item if view.strides[-1] == item else item
+    if view.ndim == 2 and view.strides[-1] == item and view.strides[0] == run:
+        run = view.nbytes          # the row kernels stream contiguous rows as one run
     return run >= STREAM_MIN_RUN_BYTES
 
 
