@@ -12,7 +12,7 @@ import pytest
 import fastbn
 from fastbn.benchmark import import_torch
 from fastbn.benchmark.pytest_plugin import pytest_benchmark_update_json, \
-    pytest_terminal_summary  # noqa: F401  (hooks: pytest finds them by name here)
+    pytest_sessionstart, pytest_terminal_summary  # noqa: F401  (hooks: found by name here)
 
 
 def pytest_addoption(parser):

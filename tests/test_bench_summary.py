@@ -18,7 +18,7 @@ pytest.importorskip("pytest_benchmark")
 
 CONFTEST = """
 from fastbn.benchmark.pytest_plugin import pytest_benchmark_update_json, \\
-    pytest_terminal_summary  # noqa: F401
+    pytest_sessionstart, pytest_terminal_summary  # noqa: F401
 """
 SUITE = """
 import pytest
@@ -73,8 +73,11 @@ def test_summary_table_and_json_ratios(suite):
     from fastbn.benchmark.machine import cpu_model
     assert cpu_model() in summary and f"fastbn {fastbn.__version__}" in summary
 
+    from fastbn.benchmark import has_glibc
+    assert ("its heap kept warm" in summary) == has_glibc()
     data = json.loads((suite / "run.json").read_text())
     assert data["fastbn"]["kernels"] and data["fastbn"]["threads"] == 1
+    assert data["fastbn"]["warm_heap"] == has_glibc()
     stats = {(b["extra_info"]["case"]["kind"], b["extra_info"]["direction"],
               b["extra_info"]["impl"]): b for b in data["benchmarks"]}
     for kind in ("bn", "ln"):
@@ -108,3 +111,67 @@ def test_plot_from_pytest_benchmark_json(suite):
     from fastbn.benchmark.report import format_table
     table = format_table(load_result(str(suite / "run.json")))
     assert "| (6, 4) | float32 | forward |" in table
+
+
+TORCH_SUITE = """
+import pytest
+from fastbn.benchmark import Case, import_torch
+from fastbn.benchmark.pytest_plugin import bench_case
+
+@pytest.mark.parametrize("impl", ["fastbn", "torch"])
+def test_tiny(benchmark, impl):
+    bench_case(benchmark, Case("bn", (6, 4)), "forward", impl, torch=import_torch())
+"""
+
+
+def test_torch_rows_are_its_warm_heap_case(tmp_path):
+    """With the heap kept warm, PyTorch's rows are "torch warm", the column
+    of fastbn bench they compare with."""
+    pytest.importorskip("torch")
+    from fastbn.benchmark import has_glibc
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_tiny.py").write_text(TORCH_SUITE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    out = _pytest(tmp_path, "--benchmark-json=run.json")
+    summary = out.split("fastbn speedup summary", 1)[1]
+    data = json.loads((tmp_path / "run.json").read_text())
+    impls = {b["extra_info"]["impl"] for b in data["benchmarks"]}
+    name = "torch_warm" if has_glibc() else "torch"
+    assert impls == {"fastbn", name}
+    ratios = next(b["extra_info"]["ratios"] for b in data["benchmarks"]
+                  if b["extra_info"]["impl"] == "fastbn")
+    assert set(ratios) == {f"{name}_over_fastbn"}
+    assert ("torch warm / fastbn" in summary) == has_glibc()
+
+
+HEAP_PROBE = """
+import resource, sys
+import numpy as np
+from fastbn.benchmark.pytest_plugin import warm_heap
+
+def faults_per_round():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        a = np.empty(64 << 18, np.float32)      # 64 MiB, freed at once
+        a[::1024] = 1.0                         # touch every page
+        del a
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10
+
+cold = faults_per_round()
+ok = warm_heap()
+print(ok, cold, faults_per_round())
+"""
+
+
+def test_warm_heap_keeps_freed_memory():
+    """After warm_heap() a freed 64 MiB block comes back without faulting its
+    pages in again (in a subprocess: this process's heap stays as it is)."""
+    from fastbn.benchmark import has_glibc
+    if not has_glibc():
+        pytest.skip("mallopt is glibc's")
+    proc = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ok, cold, warm = proc.stdout.split()
+    assert ok == "True"
+    assert float(warm) < float(cold) / 4, (cold, warm)

@@ -7,6 +7,12 @@ installed, fastbn / stream) under a header naming the CPU, the kernel build,
 the threads and the library versions.  The times are pytest-benchmark's own
 (its ``min`` and ``median`` of each benchmark); nothing here times anything.
 
+* :func:`pytest_sessionstart` keeps the process's heap warm (glibc told
+  never to return freed memory to the OS, as ``fastbn bench``'s "torch warm"
+  worker runs): PyTorch takes each output from malloc, and a heap that gives
+  pages back makes it fault on every page of every call, a cost that depends
+  on whatever else the process allocated.  PyTorch's rows are then its best
+  case, labelled "torch warm" like the ``fastbn bench`` column they match;
 * :func:`bench_case` runs one implementation of one case through the
   ``benchmark`` fixture and records the case in ``extra_info``;
 * :func:`pytest_benchmark_update_json` writes each case's ratios into the
@@ -19,14 +25,36 @@ the threads and the library versions.  The times are pytest-benchmark's own
   :func:`fastbn.benchmark.run_benchmark`-style result, which
   ``python -m fastbn.benchmark plot run.json`` draws.
 """
+import ctypes
+
 import pytest
 
 from .cases import Case, implementations
 from .machine import kernel_build, machine
 from .timing import minor_faults
-from .workers import ratios
+from .workers import has_glibc, ratios
 
 RUN_KEY = "fastbn"      # the run's facts in the pytest-benchmark JSON
+# mallopt parameters (malloc.h) and the values of workers.WARM_HEAP_ENV
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP = -1, -3, 1 << 30
+_heap = {"warm": False}
+
+
+def warm_heap():
+    """Have glibc keep freed memory in this process (``mallopt``: no trimming,
+    no separate mappings below 1 GiB): the in-process twin of
+    :data:`fastbn.benchmark.WARM_HEAP_ENV`.  True when it took effect; False
+    off glibc, where the heap is left as it is."""
+    if not _heap["warm"] and has_glibc():
+        mallopt = ctypes.CDLL(None).mallopt
+        _heap["warm"] = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and \
+            bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
+    return _heap["warm"]
+
+
+def pytest_sessionstart(session):
+    """Keep the heap warm before the first benchmark (see :func:`warm_heap`)."""
+    warm_heap()
 
 
 def _faults_per_call(fn, calls=10):
@@ -54,7 +82,8 @@ def bench_case(benchmark, case, direction, impl, torch=None, arrays=None):
         pytest.skip(f"{impl} is not available for {case.label}")
     fn = fns[impl]
     benchmark.group = f"{case.label} {direction}"
-    benchmark.extra_info.update(case=case.as_dict(), direction=direction, impl=impl)
+    name = "torch_warm" if impl == "torch" and _heap["warm"] else impl
+    benchmark.extra_info.update(case=case.as_dict(), direction=direction, impl=name)
     if impl == "reference":
         # 10-100x slower: a fixed few rounds keep the suite short
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
@@ -69,7 +98,8 @@ def _run_facts():
     torch = _loaded_torch()
     return {"fastbn_version": fastbn.__version__, "kernels": kernel_build(),
             "threads": fastbn.get_num_threads(),
-            "torch_version": getattr(torch, "__version__", None), "machine": machine()}
+            "torch_version": getattr(torch, "__version__", None), "machine": machine(),
+            "warm_heap": _heap["warm"]}
 
 
 def _loaded_torch():
@@ -107,6 +137,7 @@ def result_from_pytest_json(data, facts=None):
             "fastbn_version": facts.get("fastbn_version", "?"),
             "kernels": facts.get("kernels", "?"), "threads": facts.get("threads", "?"),
             "torch_version": facts.get("torch_version"), "machine": m,
+            "warm_heap": facts.get("warm_heap", False),
             "date": data.get("datetime", ""), "results": rows}
 
 

@@ -116,7 +116,9 @@ def format_legend(result):
 def describe_method(result):
     """How the times were taken, in one sentence."""
     if result.get("source") == "pytest-benchmark":
-        return "pytest-benchmark rounds in one process (best = its min, median = its median)"
+        heap = ", its heap kept warm" if result.get("warm_heap") else ""
+        return (f"pytest-benchmark rounds in one process{heap} (best = its min, "
+                "median = its median)")
     how = ("one worker process per implementation" if result.get("isolated")
            else "all in one process")
     fewer = " (the reference: fewer)" if "reference" in _names(result["results"]) else ""
