@@ -292,3 +292,67 @@ def test_a_callers_own_handler_is_respected(rng):
     # outside that context the cache is used again
     out2 = compiled.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train"})[0]
     assert _handler(out2) == "fastbn_buffer_cache"
+
+
+def _page_offset(a):
+    return _addr(a) % 4096
+
+
+def _page_distance(a, b):
+    d = (a - b) % 4096
+    return min(d, 4096 - d)
+
+
+@pytest.mark.parametrize("offsets,want", [
+    ([16], 2048), ([2048], 0), ([0, 2048], 3072), ([16, 3792], 1856), ([100, 100], 2112),
+    ([0, 1024, 2048, 3072], 3584),
+])
+def test_placement_is_the_middle_of_the_widest_gap(offsets, want):
+    from fastbn import _layout
+    assert _layout.placement([o + 4096 * k for k, o in enumerate(offsets)]) == want
+    assert _layout.placement([]) is None
+
+
+@pytest.mark.parametrize("place,want", [(None, 2048), (0, 0), (16, 0), (100, 64), (4095, 4032),
+                                        (5000, 896)])
+def test_cached_blocks_start_where_asked(place, want):
+    a, _ = _alloc.empty_reused((300, 1024), np.float32, place)
+    assert _handler(a) == "fastbn_buffer_cache"
+    assert _page_offset(a) == want
+    a[...] = 1.0                             # the whole array is the caller's to write
+    assert a.sum() == a.size
+
+
+def _at_offset(shape, dtype, offset, rng):
+    """A C-ordered array of random values whose memory starts at ``offset`` in a page."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(n + 4096, np.uint8)
+    skip = (offset - _addr(raw)) % 4096
+    a = raw[skip:skip + n].view(dtype).reshape(shape)
+    a[...] = rng.standard_normal(shape)
+    return a
+
+
+@pytest.mark.parametrize("x_off,d_off", [(16, 16), (0, 0), (2048, 16), (16, 3792), (1000, 3000)])
+def test_fresh_outputs_keep_away_from_their_inputs_page_offsets(rng, x_off, d_off):
+    """Large outputs start at least 1 KiB, around the page, from the page
+    offsets of the arrays they are computed from (4 KiB aliasing)."""
+    shape, C = (300, 1024), 1024
+    x = _at_offset(shape, np.float32, x_off, rng)
+    dout = _at_offset(shape, np.float32, d_off, rng)
+    x4 = _at_offset((4, 8, 96, 100), np.float32, x_off, rng)
+    d4 = _at_offset((4, 8, 96, 100), np.float32, d_off, rng)
+    g, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+    g4, b4 = np.ones((1, 8, 1, 1), np.float32), np.zeros((1, 8, 1, 1), np.float32)
+    out, cache = compiled.batchnorm_forward(x, g, b, {"mode": "train"})
+    dx = compiled.batchnorm_backward_alt(dout, cache)[0]
+    lout, lcache = compiled.layernorm_forward(x, g, b, {})
+    ldx = compiled.layernorm_backward(dout, lcache)[0]
+    gout, gcache = fastbn.spatial_groupnorm_forward(x4, g4, b4, 2, {})
+    gdx = fastbn.spatial_groupnorm_backward(d4, gcache)[0]
+    sout, scache = compiled.spatial_batchnorm_forward(x4, g4.ravel(), b4.ravel(),
+                                                      {"mode": "train"})
+    sdx = compiled.spatial_batchnorm_backward(d4, scache)[0]
+    for a, inputs in ((out, [x]), (lout, [x]), (dx, [x, dout]), (ldx, [x, dout]),
+                      (gout, [x4]), (gdx, [x4, d4]), (sout, [x4]), (sdx, [x4, d4])):
+        assert min(_page_distance(_page_offset(a), _page_offset(i)) for i in inputs) >= 1024

@@ -13,6 +13,10 @@ when its last reference dies NumPy calls our ``free``, which keeps the block
 (up to a byte limit, oldest evicted first) instead of releasing it.  All
 other arrays in the process keep NumPy's default handler.  Blocks come from
 and go back to NumPy's default handler (so it still advises huge pages).
+
+Each block has a page of slack, so an array can start at any 64-byte offset
+within a page: :func:`empty_reused`'s ``place``, with which fastbn keeps an
+output's offset away from its inputs' (``fastbn._layout.placement``).
 """
 import os
 
@@ -26,7 +30,23 @@ cdef extern from *:
     #include <string.h>
 
     #define FASTBN_MAX_BLOCKS 16
-    typedef struct { void* ptr; size_t size; } fastbn_block;
+    typedef struct { void* ptr; size_t size; } fastbn_block;   /* raw block, caller's size */
+
+    /* Every block of this handler is FASTBN_PAD bytes larger than asked for,
+       so the caller's memory can start at any 64-byte offset within a page
+       (fastbn_place, chosen by the caller: see _layout.placement).  The
+       16 bytes just before it record the raw block and the size. */
+    #define FASTBN_PAGE 4096
+    #define FASTBN_HEAD 64
+    #define FASTBN_PAD (FASTBN_PAGE + FASTBN_HEAD)
+    typedef struct { void* raw; size_t size; } fastbn_head;
+    /* Page offset of the caller's memory in the next block, set with the GIL
+       around one allocation; between them, half a page: far from the 16-byte
+       offset of a fresh glibc mapping, where large NumPy arrays start. */
+    #define FASTBN_PLACE_DEFAULT (FASTBN_PAGE / 2)
+    static size_t fastbn_place = FASTBN_PLACE_DEFAULT;
+    static void fastbn_set_place(size_t place) { fastbn_place = place; }
+    static void fastbn_reset_place(void) { fastbn_place = FASTBN_PLACE_DEFAULT; }
 
     /* Guarded by a spin lock: NumPy frees with the GIL held, but a lock costs
        nothing next to a megabyte allocation and keeps free-threaded builds
@@ -68,37 +88,72 @@ cdef extern from *:
         return b;
     }
 
+    /* The caller's pointer in raw block r of `size` bytes: at page offset
+       `place` (rounded to 64 bytes), at least FASTBN_HEAD bytes in. */
+    static void* fastbn_user(void* r, size_t size, size_t place) {
+        size_t a = (size_t)r + FASTBN_HEAD;
+        char* u = (char*)r + FASTBN_HEAD +
+                  ((place & (FASTBN_PAGE - 64)) - a % FASTBN_PAGE) % FASTBN_PAGE;
+        fastbn_head h = {r, size};
+        memcpy(u - sizeof(fastbn_head), &h, sizeof h);
+        return u;
+    }
+
+    static fastbn_head fastbn_head_of(void* u) {
+        fastbn_head h;
+        memcpy(&h, (char*)u - sizeof(fastbn_head), sizeof h);
+        return h;
+    }
+
     static void* fastbn_cache_malloc(void* ctx, size_t size) {
-        void* p = NULL;
+        void* r = NULL;
         int i;
         (void)ctx;
+        if (size > (size_t)-1 - FASTBN_PAD) return NULL;
         fastbn_lock();
         for (i = fastbn_nblocks - 1; i >= 0; i--) {      /* newest first: warmest */
             if (fastbn_blocks[i].size == size) {
-                p = fastbn_take(i).ptr;
+                r = fastbn_take(i).ptr;
                 break;
             }
         }
-        if (p) fastbn_hits++; else fastbn_misses++;
+        if (r) fastbn_hits++; else fastbn_misses++;
         fastbn_unlock();
-        return p ? p : fastbn_base_malloc(size);
+        if (r == NULL) r = fastbn_base_malloc(size + FASTBN_PAD);
+        return r ? fastbn_user(r, size, fastbn_place) : NULL;
     }
 
     static void* fastbn_cache_calloc(void* ctx, size_t n, size_t size) {
+        void* r;
         (void)ctx;
-        return fastbn_base->allocator.calloc(fastbn_base->allocator.ctx, n, size);
+        if (size != 0 && n > ((size_t)-1 - FASTBN_PAD) / size) return NULL;
+        r = fastbn_base->allocator.calloc(fastbn_base->allocator.ctx, 1, n * size + FASTBN_PAD);
+        return r ? fastbn_user(r, n * size, FASTBN_PLACE_DEFAULT) : NULL;
     }
+
+    static void fastbn_cache_free(void* ctx, void* p, size_t size);
 
     static void* fastbn_cache_realloc(void* ctx, void* p, size_t size) {
-        (void)ctx;
-        return fastbn_base->allocator.realloc(fastbn_base->allocator.ctx, p, size);
+        fastbn_head h;
+        void* r;
+        if (p == NULL) return fastbn_cache_malloc(ctx, size);
+        if (size > (size_t)-1 - FASTBN_PAD) return NULL;
+        h = fastbn_head_of(p);
+        r = fastbn_base_malloc(size + FASTBN_PAD);
+        if (r == NULL) return NULL;                       /* p stays valid, as realloc's */
+        r = fastbn_user(r, size, FASTBN_PLACE_DEFAULT);
+        memcpy(r, p, h.size < size ? h.size : size);
+        fastbn_cache_free(ctx, p, h.size);
+        return r;
     }
 
-    static void fastbn_cache_free(void* ctx, void* p, size_t size) {
+    static void fastbn_cache_free(void* ctx, void* u, size_t size) {
         fastbn_block evicted[FASTBN_MAX_BLOCKS];
         int nev = 0, i, kept = 0;
+        void* p;
         (void)ctx;
-        if (p == NULL) return;
+        if (u == NULL) return;
+        p = fastbn_head_of(u).raw;
         fastbn_lock();
         if (size > 0 && size <= fastbn_limit) {
             while (fastbn_nblocks > 0 && (fastbn_nblocks == FASTBN_MAX_BLOCKS ||
@@ -111,8 +166,8 @@ cdef extern from *:
             kept = 1;
         }
         fastbn_unlock();
-        for (i = 0; i < nev; i++) fastbn_base_free(evicted[i].ptr, evicted[i].size);
-        if (!kept) fastbn_base_free(p, size);
+        for (i = 0; i < nev; i++) fastbn_base_free(evicted[i].ptr, evicted[i].size + FASTBN_PAD);
+        if (!kept) fastbn_base_free(p, size + FASTBN_PAD);
     }
 
     /* Change the limit; blocks beyond it go back to NumPy's handler. */
@@ -124,7 +179,7 @@ cdef extern from *:
         while (fastbn_nblocks > 0 && fastbn_cached_bytes > fastbn_limit)
             evicted[nev++] = fastbn_take(0);
         fastbn_unlock();
-        for (i = 0; i < nev; i++) fastbn_base_free(evicted[i].ptr, evicted[i].size);
+        for (i = 0; i < nev; i++) fastbn_base_free(evicted[i].ptr, evicted[i].size + FASTBN_PAD);
     }
 
     static PyDataMem_Handler fastbn_handler = {
@@ -139,9 +194,9 @@ cdef extern from *:
        call through to it, standing in for a caller's own handler. */
     static void* fastbn_pt_malloc(void* c, size_t n) { (void)c; return fastbn_base_malloc(n); }
     static void* fastbn_pt_calloc(void* c, size_t n, size_t sz) {
-        return fastbn_cache_calloc(c, n, sz); }
+        (void)c; return fastbn_base->allocator.calloc(fastbn_base->allocator.ctx, n, sz); }
     static void* fastbn_pt_realloc(void* c, void* p, size_t n) {
-        return fastbn_cache_realloc(c, p, n); }
+        (void)c; return fastbn_base->allocator.realloc(fastbn_base->allocator.ctx, p, n); }
     static void fastbn_pt_free(void* c, void* p, size_t n) { (void)c; fastbn_base_free(p, n); }
     static PyDataMem_Handler fastbn_passthrough_handler = {
         "fastbn_test_passthrough", 1,
@@ -181,6 +236,8 @@ cdef extern from *:
     }
     """
     int fastbn_alloc_init() except -1
+    void fastbn_set_place(size_t place)
+    void fastbn_reset_place()
     object fastbn_use_cache()
     int fastbn_default_handler_active()
     object fastbn_use_passthrough()
@@ -271,11 +328,13 @@ def empty(shape, dtype):
     return empty_reused(shape, dtype)[0]
 
 
-def empty_reused(shape, dtype):
+def empty_reused(shape, dtype, place=None):
     """``(array, reused)``: :func:`empty`, and whether its block came from the cache.
 
     A reused block's pages are mapped and likely cached; a fresh one's are
-    not yet (the caller may pick different stores for it).
+    not yet (the caller may pick different stores for it).  ``place``: the
+    byte offset within a 4 KiB page at which a cached array's memory starts
+    (rounded down to 64 bytes; default half a page).
     """
     cdef Py_ssize_t n = np.dtype(dtype).itemsize
     for s in shape:
@@ -284,9 +343,12 @@ def empty_reused(shape, dtype):
         return np.empty(shape, dtype), False
     hits = fastbn_hits          # the GIL is held from here to the allocation
     old = fastbn_use_cache()
+    if place is not None:
+        fastbn_set_place(<size_t>(place % 4096))
     try:
         a = np.empty(shape, dtype)
     finally:
+        fastbn_reset_place()
         fastbn_restore(old)
     return a, fastbn_hits != hits
 

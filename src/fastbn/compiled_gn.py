@@ -96,7 +96,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, out=None):
     p = check_groupnorm_args(x, gamma, beta, G, gn_param)
     x = p.x
     if out is None:
-        out, warm = empty_like_order_reused(x)
+        out, warm = empty_like_order_reused(x, (x,))
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
         warm = True
@@ -177,7 +177,7 @@ def spatial_groupnorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx, warm = empty_like_order_reused(x)
+        dx, warm = empty_like_order_reused(x, (x, dout))
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
         warm = True

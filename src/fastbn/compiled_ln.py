@@ -79,7 +79,7 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
     if out is None:
-        out = empty_like_order(x)
+        out = empty_like_order(x, (x,))
     else:
         check_out(out, "out", x.shape, x.dtype, x, p.gamma, p.beta)
     gamma = np.ascontiguousarray(p.gamma)
@@ -146,7 +146,7 @@ def layernorm_backward(dout, cache, dx=None):
     x = c.x
     dout = check_dout(dout, x)
     if dx is None:
-        dx = empty_like_order(x)
+        dx = empty_like_order(x, (x, dout))
     else:
         check_out(dx, "dx", x.shape, x.dtype, x, dout, c.gamma)
     D = x.shape[1]
