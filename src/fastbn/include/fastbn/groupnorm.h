@@ -226,9 +226,12 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
         double M = (double)Cg * (double)H * (double)W, mu, inv;                                    \
         T c = x[0], m;                                                                             \
         Py_ssize_t k, h, w;                                                                        \
-        for (k = 0; k < Cg; k++)                                                                   \
-            for (h = 0; h < H; h++)                                                                \
-                fastbn_gn_run_sums_##SFX(x + k * xs.c + h * xs.h, W, xs.w, c, acc);                \
+        if (xs.w == 1 && (H == 1 || xs.h == W) && xs.c == H * W) /* one run: the whole group */    \
+            fastbn_gn_run_sums_##SFX(x, Cg * H * W, 1, c, acc);                                    \
+        else                                                                                       \
+            for (k = 0; k < Cg; k++)                                                               \
+                for (h = 0; h < H; h++)                                                            \
+                    fastbn_gn_run_sums_##SFX(x + k * xs.c + h * xs.h, W, xs.w, c, acc);            \
         fastbn_gn_finish(acc[0], acc[1], M, (double)c, eps, &mu, &inv);                            \
         *mean = mu;                                                                                \
         *invstd = inv;                                                                             \
