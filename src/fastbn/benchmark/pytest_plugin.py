@@ -37,6 +37,7 @@ from .workers import has_glibc, ratios
 RUN_KEY = "fastbn"      # the run's facts in the pytest-benchmark JSON
 # mallopt parameters (malloc.h) and the values of workers.WARM_HEAP_ENV
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP = -1, -3, 1 << 30
+_OLD_GLIBC_MAX = 32 << 20
 _heap = {"warm": False}
 
 
@@ -47,8 +48,10 @@ def warm_heap():
     off glibc, where the heap is left as it is."""
     if not _heap["warm"] and has_glibc():
         mallopt = ctypes.CDLL(None).mallopt
-        _heap["warm"] = bool(mallopt(_M_MMAP_THRESHOLD, _KEEP)) and \
-            bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
+        # glibc before 2.35 refuses mapping thresholds above 32 MiB: blocks
+        # larger than that are then still mapped and unmapped per call
+        mapped = any(mallopt(_M_MMAP_THRESHOLD, v) for v in (_KEEP, _OLD_GLIBC_MAX))
+        _heap["warm"] = bool(mapped) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP))
     return _heap["warm"]
 
 
