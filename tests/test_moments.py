@@ -179,13 +179,21 @@ def test_pieces_compose_to_the_fused_functions(rng, dtype, shape, layout):
     np.testing.assert_allclose((s2 * invstd).astype(dtype), dgamma, **TOL[dtype])
 
 
-def test_grad_sums_match_numpy(rng):
-    x, _, _, dout = make_case(rng, (4, 3, 5, 2), np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+def test_grad_sums_match_numpy(rng, dtype):
+    x, _, _, dout = make_case(rng, (4, 3, 5, 67), dtype)
     mean = rng.standard_normal(3)
     s1, s2 = M.grad_sums(dout, x, mean, spatial=True)
     xr, gr = _rows64(x), _rows64(dout)
-    np.testing.assert_allclose(s1, gr.sum(0), rtol=1e-12)
-    np.testing.assert_allclose(s2, (gr * (xr - mean)).sum(0), rtol=1e-12)
+    terms = gr * (xr - mean)
+    if dtype == F64:
+        np.testing.assert_allclose(s1, gr.sum(0), rtol=1e-12)
+        np.testing.assert_allclose(s2, terms.sum(0), rtol=1e-12)
+    else:
+        # float32 lanes: a few float32 roundings of the sums of |terms|
+        # (the float32 contract), never float64 accuracy
+        assert np.all(np.abs(s1 - gr.sum(0)) <= 1e-6 * np.abs(gr).sum(0))
+        assert np.all(np.abs(s2 - terms.sum(0)) <= 1e-6 * np.abs(terms).sum(0))
 
 
 def test_test_mode_dx_ignores_sums(rng):

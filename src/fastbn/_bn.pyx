@@ -12,10 +12,12 @@ Two loop orders cover every layout without transposing copies:
   A thread takes a whole channel, so the second pass over it finds the channel
   still in cache; with fewer channels than threads, channels are cut in slices.
 
-Statistics are one pass: float64 sums of ``x - c`` and ``(x - c)**2`` where
-``c`` is the feature's first value.  Shifting by a sample keeps the
-subtraction in ``var = E[(x-c)^2] - E[x-c]^2`` benign even when the data sit
-far from zero, and partial sums around a common shift merge by plain addition.
+Statistics are one pass: sums of ``x - c`` and ``(x - c)**2`` where ``c`` is
+the feature's first value, in float64 (float32 data: in float32 lanes carried
+into float64; ``include/fastbn/stats.h`` and ``runs_f32.h`` derive the
+bounds).  Shifting by a sample keeps the subtraction in
+``var = E[(x-c)^2] - E[x-c]^2`` benign even when the data sit far from zero,
+and partial sums around a common shift merge by plain addition.
 
 The Python layer validates everything before calling in: these functions
 assume non-empty, shape-consistent arguments of one dtype.
@@ -97,7 +99,8 @@ def kernel_isa():
 # --------------------------------------------------------------------------
 # Python entry points.  All run without the GIL.  The output passes compute in
 # x's own precision with coefficients from fastbn_center_fold; statistics and
-# gradient sums accumulate in float64.  ``stream=True`` writes the output with
+# gradient sums accumulate in float64 (float32 data: float32-lane partials
+# carried into float64).  ``stream=True`` writes the output with
 # non-temporal stores where the build has them (the caller decides:
 # fastbn.compiled._output); the values are the same either way.
 # --------------------------------------------------------------------------

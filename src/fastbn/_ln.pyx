@@ -5,8 +5,9 @@ Layer norm normalizes each row of an ``(N, D)`` array over its D features, so
 the natural unit of work is a row: threads take contiguous blocks of rows
 (one block per thread), and every row is read while it is still in cache.
 
-* Forward: one pass per row computes float64 sums of ``x - c`` and
-  ``(x - c)**2`` with ``c`` the row's first value (the shifted-data
+* Forward: one pass per row computes sums of ``x - c`` and ``(x - c)**2``
+  (float64; contiguous float32 rows in float32 lanes carried into float64,
+  ``include/fastbn/runs_f32.h``) with ``c`` the row's first value (the shifted-data
   algorithm: stable when the data sit far from zero), then a second pass
   writes ``out = gamma * (x * alpha + shift) + beta`` once per element with
   the row's ``alpha = invstd`` and ``shift = -mean * invstd``.
@@ -74,7 +75,7 @@ cdef inline void _forward_rows(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
         s1 = 0.0
         s2 = 0.0
         if sd == 1:
-            # the channel-run sums of batch norm: four float64 accumulators
+            # the channel-run sums of batch norm (float32: float32 lanes)
             acc[0] = 0.0
             acc[1] = 0.0
             fastbn_seg_sums(xr, D, c, acc)

@@ -16,23 +16,11 @@
  *
  * Element strides are signed and arbitrary; unit-stride runs take the
  * vector loops.  float and double variants come from one macro per kernel
- * (FASTBN_GN_DEFINE), the vector sums from per-ISA primitives below.
+ * (FASTBN_GN_DEFINE), the contiguous run sums from runs_f32.h.
  *
  * Accuracy (float32).  Sums are taken of d = x - c, with c one sample of
- * the group: at a large offset x and c lie within a factor of 2 of each
- * other and d is exact (Sterbenz), so the offset never enters a sum.  The
- * d's are added in float32 lanes four vectors at a time, pairwise
- * ((d0 + d1) + (d2 + d3), and the squares the same way with FMA), and each
- * such 4-term partial goes into float64 accumulators at once.  A 4-term
- * pairwise float32 sum has relative error <= 2u (u = 2^-24) of the sum of
- * the |terms|, so with mu = mean(d) and s^2 = var:
- *   |mean - exact| <= 2u * mean|d| + (float64 terms),
- *   |var - exact|  <= 3u * mean(d^2) = 3u * (s^2 + mu^2) (+ the mean's part),
- * i.e. 1.2e-7 * sigma and 1.8e-7 * (1 + mu^2/s^2) * var: within the
- * contract's 1e-6 * sigma and 2e-6 * var while the shift sample lies
- * within ~3 sigma of the mean (|mu| <= 3s), as any sample of a
- * non-degenerate group does with high probability; the float64 carry keeps
- * the error from growing with the group size.
+ * the group, in float32 lanes carried into float64: the bound derived in
+ * runs_f32.h, so the error does not grow with the group size.
  */
 #ifndef FASTBN_GROUPNORM_H
 #define FASTBN_GROUPNORM_H
@@ -53,44 +41,21 @@ typedef struct {
 } fastbn_gn_strides;
 
 #include "fastbn/output.h"
-#include "fastbn/simd_f32.h"
+#include "fastbn/runs_f32.h"
 
 /* Sums of d = p[i] - c and d^2 over a run of n floats, added into out[0..1]. */
 static inline void fastbn_gn_run_sums_f(const float *p, Py_ssize_t n, Py_ssize_t st, float c,
                                         double *out)
 {
-    double s1 = 0.0, s2 = 0.0;
-    Py_ssize_t i = 0;
     if (st == 1) {
-#ifdef FASTBN_VFW
-        fastbn_vf cv = fastbn_vf_set1(c);
-        fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
-        for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
-            fastbn_vf d0 = fastbn_vf_sub(fastbn_vf_load(p + i), cv);
-            fastbn_vf d1 = fastbn_vf_sub(fastbn_vf_load(p + i + FASTBN_VFW), cv);
-            fastbn_vf d2 = fastbn_vf_sub(fastbn_vf_load(p + i + 2 * FASTBN_VFW), cv);
-            fastbn_vf d3 = fastbn_vf_sub(fastbn_vf_load(p + i + 3 * FASTBN_VFW), cv);
-            /* the 4-term pairwise partials of the error bound above */
-            fastbn_vf s = fastbn_vf_add(fastbn_vf_add(d0, d1), fastbn_vf_add(d2, d3));
-            fastbn_vf q = fastbn_vf_add(fastbn_vf_fma(d1, d1, fastbn_vf_mul(d0, d0)),
-                                        fastbn_vf_fma(d3, d3, fastbn_vf_mul(d2, d2)));
-            fastbn_vfacc_add(&a, s);
-            fastbn_vfacc_add(&b, q);
-        }
-        s1 = fastbn_vfacc_sum(a);
-        s2 = fastbn_vfacc_sum(b);
-#endif
-        for (; i < n; i++) {
-            double d = (double)(p[i] - c);
-            s1 += d;
-            s2 += d * d;
-        }
-    } else {
-        for (; i < n; i++) {
-            double d = (double)(p[i * st] - c);
-            s1 += d;
-            s2 += d * d;
-        }
+        fastbn_run_sums_f32(p, n, c, out);
+        return;
+    }
+    double s1 = 0.0, s2 = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double d = (double)(p[i * st] - c);
+        s1 += d;
+        s2 += d * d;
     }
     out[0] += s1;
     out[1] += s2;
@@ -100,39 +65,14 @@ static inline void fastbn_gn_run_sums_f(const float *p, Py_ssize_t n, Py_ssize_t
 static inline void fastbn_gn_run_grad_f(const float *p, Py_ssize_t sp, const float *q,
                                         Py_ssize_t sq, Py_ssize_t n, float m, double *out)
 {
-    double s1 = 0.0, s2 = 0.0;
-    Py_ssize_t i = 0;
     if (sp == 1 && sq == 1) {
-#ifdef FASTBN_VFW
-        fastbn_vf mv = fastbn_vf_set1(m);
-        fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
-        for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
-            fastbn_vf g0 = fastbn_vf_load(q + i);
-            fastbn_vf g1 = fastbn_vf_load(q + i + FASTBN_VFW);
-            fastbn_vf g2 = fastbn_vf_load(q + i + 2 * FASTBN_VFW);
-            fastbn_vf g3 = fastbn_vf_load(q + i + 3 * FASTBN_VFW);
-            fastbn_vf x0 = fastbn_vf_sub(fastbn_vf_load(p + i), mv);
-            fastbn_vf x1 = fastbn_vf_sub(fastbn_vf_load(p + i + FASTBN_VFW), mv);
-            fastbn_vf x2 = fastbn_vf_sub(fastbn_vf_load(p + i + 2 * FASTBN_VFW), mv);
-            fastbn_vf x3 = fastbn_vf_sub(fastbn_vf_load(p + i + 3 * FASTBN_VFW), mv);
-            fastbn_vf s = fastbn_vf_add(fastbn_vf_add(g0, g1), fastbn_vf_add(g2, g3));
-            fastbn_vf t = fastbn_vf_add(fastbn_vf_fma(g1, x1, fastbn_vf_mul(g0, x0)),
-                                        fastbn_vf_fma(g3, x3, fastbn_vf_mul(g2, x2)));
-            fastbn_vfacc_add(&a, s);
-            fastbn_vfacc_add(&b, t);
-        }
-        s1 = fastbn_vfacc_sum(a);
-        s2 = fastbn_vfacc_sum(b);
-#endif
-        for (; i < n; i++) {
-            s1 += (double)q[i];
-            s2 += (double)q[i] * (double)(p[i] - m);
-        }
-    } else {
-        for (; i < n; i++) {
-            s1 += (double)q[i * sq];
-            s2 += (double)q[i * sq] * (double)(p[i * sp] - m);
-        }
+        fastbn_run_grad_f32(p, q, n, m, out);
+        return;
+    }
+    double s1 = 0.0, s2 = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        s1 += (double)q[i * sq];
+        s2 += (double)q[i * sq] * (double)(p[i * sp] - m);
     }
     out[0] += s1;
     out[1] += s2;
