@@ -25,14 +25,44 @@
 
 #include "fastbn/simd_f32.h"
 
-/* out[0] += sum(p[i] - c), out[1] += sum((p[i] - c)^2), i < n */
-static inline void fastbn_run_sums_f32(const float *p, Py_ssize_t n, float c, double *out)
+/* Running sums over several runs: float64 vector accumulators (one pair per
+   sum) and float64 scalars for the values past the last full vector, added
+   up once, by fastbn_runacc_finish, not once per run. */
+typedef struct {
+#ifdef FASTBN_VFW
+    fastbn_vfacc a, b;
+#endif
+    double s1, s2;
+} fastbn_runacc;
+
+static inline void fastbn_runacc_zero(fastbn_runacc *r)
 {
-    double s1 = 0.0, s2 = 0.0;
+#ifdef FASTBN_VFW
+    r->a = fastbn_vfacc_zero();
+    r->b = r->a;
+#endif
+    r->s1 = 0.0;
+    r->s2 = 0.0;
+}
+
+/* out[0] += the first sum, out[1] += the second */
+static inline void fastbn_runacc_finish(const fastbn_runacc *r, double *out)
+{
+#ifdef FASTBN_VFW
+    out[0] += r->s1 + fastbn_vfacc_sum(r->a);
+    out[1] += r->s2 + fastbn_vfacc_sum(r->b);
+#else
+    out[0] += r->s1;
+    out[1] += r->s2;
+#endif
+}
+
+/* r += (sum(p[i] - c), sum((p[i] - c)^2)), i < n */
+static inline void fastbn_runacc_sums(fastbn_runacc *r, const float *p, Py_ssize_t n, float c)
+{
     Py_ssize_t i = 0;
 #ifdef FASTBN_VFW
     fastbn_vf cv = fastbn_vf_set1(c);
-    fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
     for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
         fastbn_vf d0 = fastbn_vf_sub(fastbn_vf_load(p + i), cv);
         fastbn_vf d1 = fastbn_vf_sub(fastbn_vf_load(p + i + FASTBN_VFW), cv);
@@ -41,35 +71,29 @@ static inline void fastbn_run_sums_f32(const float *p, Py_ssize_t n, float c, do
         fastbn_vf s = fastbn_vf_add(fastbn_vf_add(d0, d1), fastbn_vf_add(d2, d3));
         fastbn_vf q = fastbn_vf_add(fastbn_vf_fma(d1, d1, fastbn_vf_mul(d0, d0)),
                                     fastbn_vf_fma(d3, d3, fastbn_vf_mul(d2, d2)));
-        fastbn_vfacc_add(&a, s);
-        fastbn_vfacc_add(&b, q);
+        fastbn_vfacc_add(&r->a, s);
+        fastbn_vfacc_add(&r->b, q);
     }
     for (; i + FASTBN_VFW <= n; i += FASTBN_VFW) {
         fastbn_vf d = fastbn_vf_sub(fastbn_vf_load(p + i), cv);
-        fastbn_vfacc_add(&a, d);
-        fastbn_vfacc_add(&b, fastbn_vf_mul(d, d));
+        fastbn_vfacc_add(&r->a, d);
+        fastbn_vfacc_add(&r->b, fastbn_vf_mul(d, d));
     }
-    s1 = fastbn_vfacc_sum(a);
-    s2 = fastbn_vfacc_sum(b);
 #endif
     for (; i < n; i++) {
         double d = (double)(p[i] - c);
-        s1 += d;
-        s2 += d * d;
+        r->s1 += d;
+        r->s2 += d * d;
     }
-    out[0] += s1;
-    out[1] += s2;
 }
 
-/* out[0] += sum(q[i]), out[1] += sum(q[i] * (p[i] - m)), i < n */
-static inline void fastbn_run_grad_f32(const float *p, const float *q, Py_ssize_t n, float m,
-                                       double *out)
+/* r += (sum(q[i]), sum(q[i] * (p[i] - m))), i < n */
+static inline void fastbn_runacc_grad(fastbn_runacc *r, const float *p, const float *q,
+                                      Py_ssize_t n, float m)
 {
-    double s1 = 0.0, s2 = 0.0;
     Py_ssize_t i = 0;
 #ifdef FASTBN_VFW
     fastbn_vf mv = fastbn_vf_set1(m);
-    fastbn_vfacc a = fastbn_vfacc_zero(), b = a;
     for (; i + 4 * FASTBN_VFW <= n; i += 4 * FASTBN_VFW) {
         fastbn_vf g0 = fastbn_vf_load(q + i);
         fastbn_vf g1 = fastbn_vf_load(q + i + FASTBN_VFW);
@@ -82,23 +106,38 @@ static inline void fastbn_run_grad_f32(const float *p, const float *q, Py_ssize_
         fastbn_vf s = fastbn_vf_add(fastbn_vf_add(g0, g1), fastbn_vf_add(g2, g3));
         fastbn_vf t = fastbn_vf_add(fastbn_vf_fma(g1, x1, fastbn_vf_mul(g0, x0)),
                                     fastbn_vf_fma(g3, x3, fastbn_vf_mul(g2, x2)));
-        fastbn_vfacc_add(&a, s);
-        fastbn_vfacc_add(&b, t);
+        fastbn_vfacc_add(&r->a, s);
+        fastbn_vfacc_add(&r->b, t);
     }
     for (; i + FASTBN_VFW <= n; i += FASTBN_VFW) {
         fastbn_vf g = fastbn_vf_load(q + i);
-        fastbn_vfacc_add(&a, g);
-        fastbn_vfacc_add(&b, fastbn_vf_mul(g, fastbn_vf_sub(fastbn_vf_load(p + i), mv)));
+        fastbn_vfacc_add(&r->a, g);
+        fastbn_vfacc_add(&r->b, fastbn_vf_mul(g, fastbn_vf_sub(fastbn_vf_load(p + i), mv)));
     }
-    s1 = fastbn_vfacc_sum(a);
-    s2 = fastbn_vfacc_sum(b);
 #endif
     for (; i < n; i++) {
-        s1 += (double)q[i];
-        s2 += (double)q[i] * (double)(p[i] - m);
+        r->s1 += (double)q[i];
+        r->s2 += (double)q[i] * (double)(p[i] - m);
     }
-    out[0] += s1;
-    out[1] += s2;
+}
+
+/* out[0] += sum(p[i] - c), out[1] += sum((p[i] - c)^2), i < n */
+static inline void fastbn_run_sums_f32(const float *p, Py_ssize_t n, float c, double *out)
+{
+    fastbn_runacc r;
+    fastbn_runacc_zero(&r);
+    fastbn_runacc_sums(&r, p, n, c);
+    fastbn_runacc_finish(&r, out);
+}
+
+/* out[0] += sum(q[i]), out[1] += sum(q[i] * (p[i] - m)), i < n */
+static inline void fastbn_run_grad_f32(const float *p, const float *q, Py_ssize_t n, float m,
+                                       double *out)
+{
+    fastbn_runacc r;
+    fastbn_runacc_zero(&r);
+    fastbn_runacc_grad(&r, p, q, n, m);
+    fastbn_runacc_finish(&r, out);
 }
 
 #endif /* FASTBN_RUNS_F32_H */
