@@ -142,12 +142,6 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
     *invstd = 1.0 / sqrt(v + eps);
 }
 
-/* Does an (H, W) plane with strides s lie in one unit-stride run? */
-static inline int fastbn_gn_plane_is_run(fastbn_gn_strides s, Py_ssize_t H, Py_ssize_t W)
-{
-    return s.w == 1 && (H == 1 || s.h == W);
-}
-
 /* ---- the kernels, for T = float (SFX f) and double (SFX d) ----
  *
  * The output is written centred, y = (x - m) * a + b with m the mean in T
@@ -182,10 +176,6 @@ static inline int fastbn_gn_plane_is_run(fastbn_gn_strides s, Py_ssize_t H, Py_s
         *mean = mu;                                                                                \
         *invstd = inv;                                                                             \
         m = (T)mu;                                                                                 \
-        if (fastbn_gn_plane_is_run(xs, H, W) && fastbn_gn_plane_is_run(ys, H, W)) {                \
-            W *= H; /* each channel one run */                                                     \
-            H = 1;                                                                                 \
-        }                                                                                          \
         for (k = 0; k < Cg; k++) {                                                                 \
             double a = (double)gamma[k] * inv;                                                     \
             T at = (T)a, bt = (T)((double)beta[k] - (mu - (double)m) * a);                         \
@@ -211,11 +201,6 @@ static inline int fastbn_gn_plane_is_run(fastbn_gn_strides s, Py_ssize_t H, Py_s
         double M = (double)Cg * (double)H * (double)W, A = 0.0, B = 0.0, b, e;                     \
         T m = (T)mu;                                                                               \
         Py_ssize_t k, h, w;                                                                        \
-        if (fastbn_gn_plane_is_run(xs, H, W) && fastbn_gn_plane_is_run(gs, H, W) &&                \
-            fastbn_gn_plane_is_run(ds, H, W)) {                                                    \
-            W *= H; /* each channel one run */                                                     \
-            H = 1;                                                                                 \
-        }                                                                                          \
         for (k = 0; k < Cg; k++) {                                                                 \
             double acc[2] = {0.0, 0.0}, sdyx;                                                      \
             for (h = 0; h < H; h++)                                                                \
