@@ -24,6 +24,11 @@ command -v qemu-x86_64 >/dev/null || { echo "check_no_avx: qemu-x86_64 not found
 # qemu-user needs the real interpreter binary, not a venv's symlink chain
 # (the venv is found through pyvenv.cfg next to the given path, so keep it).
 Q="qemu-x86_64 -cpu $CPU"
+# NumPy's OpenBLAS takes its kernels from OPENBLAS_CORETYPE when it is set,
+# and an inherited value names the host's CPU, not the emulated one (with
+# Haswell, import numpy dies of SIGILL under qemu before fastbn loads): name
+# a core the emulated CPU runs, so that only fastbn's own dispatch is tested.
+export OPENBLAS_CORETYPE=Nehalem
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"     # outside the source tree: import fastbn finds the installed wheel
 
