@@ -12,9 +12,9 @@ from cython.parallel cimport prange
 from cython cimport floating
 
 from fastbn._cheaders cimport (
-    FASTBN_GRAD_ROWS, FASTBN_SUM_ROWS, fastbn_chan_dx, fastbn_chan_grad_sums,
-    fastbn_chan_normalize, fastbn_chan_sums, fastbn_row_blocks, fastbn_rows_dx,
-    fastbn_rows_grad_sums, fastbn_rows_normalize, fastbn_rows_sums,
+    FASTBN_GRAD_ROWS, FASTBN_SUM_ROWS, fastbn_add_row_partials, fastbn_chan_dx,
+    fastbn_chan_grad_sums, fastbn_chan_normalize, fastbn_chan_sums, fastbn_row_blocks,
+    fastbn_rows_dx, fastbn_rows_grad_sums, fastbn_rows_normalize, fastbn_rows_sums,
 )
 
 
@@ -72,21 +72,6 @@ cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
 # drivers, 2 * C * split for the channel drivers.
 # --------------------------------------------------------------------------
 
-cdef inline void _add_row_partials(const double* part, Py_ssize_t nch, Py_ssize_t D,
-                                   double* s1, double* s2) noexcept nogil:
-    """s1[j], s2[j] = sums over chunks t of part[2t*D + j], part[(2t+1)*D + j], in t order."""
-    cdef Py_ssize_t t, j
-    cdef double a, b
-    for j in range(D):
-        a = 0.0
-        b = 0.0
-        for t in range(nch):
-            a = a + part[2 * t * D + j]
-            b = b + part[(2 * t + 1) * D + j]
-        s1[j] = a
-        s2[j] = b
-
-
 cdef inline void _add_chan_partials(const double* part, Py_ssize_t C, Py_ssize_t split,
                                     double* s1, double* s2) noexcept nogil:
     """s1[c], s2[c] = sums over slices s of part[2(c*split + s)] and the next, in s order."""
@@ -112,7 +97,7 @@ cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
     for t in prange(nch, num_threads=nthreads, schedule="static"):
         fastbn_rows_sums(x, sr, sd, D, R, t * nb // nch, (t + 1) * nb // nch, center,
                          part + 2 * t * D, part + (2 * t + 1) * D)
-    _add_row_partials(part, nch, D, s1, s2)
+    fastbn_add_row_partials(part, nch, D, s1, s2)
 
 
 cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
@@ -125,7 +110,7 @@ cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_
     for t in prange(nch, num_threads=nthreads, schedule="static"):
         fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, R, t * nb // nch, (t + 1) * nb // nch,
                               mean, part + 2 * t * D, part + (2 * t + 1) * D)
-    _add_row_partials(part, nch, D, sdy, sdyx)
+    fastbn_add_row_partials(part, nch, D, sdy, sdyx)
 
 
 cdef inline void _chans_sums_all(const floating* x, Py_ssize_t sa, Py_ssize_t sc,

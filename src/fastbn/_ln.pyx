@@ -33,11 +33,11 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._cheaders cimport (
-    FASTBN_SUM_ROWS, fastbn_active, fastbn_center_fold, fastbn_finish1, fastbn_kernel_isa,
-    fastbn_leave, fastbn_ln_rows_backward_f, fastbn_row_blocks, fastbn_rows_sums, fastbn_seg_sums,
-    fastbn_team, fastbn_team_size,
+    FASTBN_SUM_ROWS, fastbn_active, fastbn_add_row_partials, fastbn_center_fold, fastbn_finish1,
+    fastbn_kernel_isa, fastbn_leave, fastbn_ln_rows_backward_f, fastbn_row_blocks,
+    fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
 )
-from fastbn._kernels cimport Steps, _steps, _add_row_partials, _chunk_row, _row_chunks
+from fastbn._kernels cimport Steps, _steps, _chunk_row, _row_chunks
 
 
 def kernel_isa():
@@ -430,7 +430,7 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
                 _backward_rows(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
                                t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
                                part + 2 * t * D, part + (2 * t + 1) * D)
-        _add_row_partials(part, nch, D, sgamma, sbeta)
+        fastbn_add_row_partials(part, nch, D, sgamma, sbeta)
         for j in range(D):
             dgamma[j] = <floating>sgamma[j]
             dbeta[j] = <floating>sbeta[j]
