@@ -43,8 +43,8 @@ from fastbn._cheaders cimport (
 )
 from fastbn._kernels cimport (
     Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all, _chans_sums_all,
-    _channel_split, _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_normalize_all,
-    _rows_sums_all,
+    _channel_split, _row_chunks, _row_part_stride, _rows_dx_all, _rows_grad_sums_all,
+    _rows_normalize_all, _rows_sums_all,
 )
 
 
@@ -115,13 +115,14 @@ cdef int _rows_forward_train_c(const floating* xp, Steps xs, floating* yp, Steps
     """The train-mode forward of :func:`rows_forward_train` on raw pointers;
     -1 when its scratch cannot be allocated (nothing written then)."""
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
-    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
+    cdef Py_ssize_t P = _row_part_stride(D)
+    cdef double* part = <double*>malloc((2 * nch * P + 3 * D) * sizeof(double))
     cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         return -1
-    cdef double* center = part + 2 * nch * D
+    cdef double* center = part + 2 * nch * P
     cdef double* s1 = center + D
     cdef double* s2 = s1 + D
     nthreads = fastbn_team(nthreads)
@@ -275,13 +276,14 @@ cdef int _rows_backward_c(const floating* xp, Steps xs, const floating* gp, Step
     """The backward of :func:`rows_backward` on raw pointers; -1 when its
     scratch cannot be allocated (nothing written then)."""
     cdef Py_ssize_t nch = _row_chunks(R, nthreads)
-    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
+    cdef Py_ssize_t P = _row_part_stride(D)
+    cdef double* part = <double*>malloc((2 * nch * P + 2 * D) * sizeof(double))
     cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
     if part == NULL or coef == NULL:
         free(part)
         free(coef)
         return -1
-    cdef double* sdy = part + 2 * nch * D
+    cdef double* sdy = part + 2 * nch * P
     cdef double* sdyx = sdy + D
     nthreads = fastbn_team(nthreads)
     _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, mean, part,

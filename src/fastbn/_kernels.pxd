@@ -13,8 +13,9 @@ from cython cimport floating
 
 from fastbn._cheaders cimport (
     FASTBN_GRAD_ROWS, FASTBN_SUM_ROWS, fastbn_add_row_partials, fastbn_chan_dx,
-    fastbn_chan_grad_sums, fastbn_chan_normalize, fastbn_chan_sums, fastbn_row_blocks,
-    fastbn_rows_dx, fastbn_rows_grad_sums, fastbn_rows_normalize, fastbn_rows_sums,
+    fastbn_chan_grad_sums, fastbn_chan_normalize, fastbn_chan_sums, fastbn_part_stride,
+    fastbn_row_blocks, fastbn_rows_dx, fastbn_rows_grad_sums, fastbn_rows_normalize,
+    fastbn_rows_sums,
 )
 
 
@@ -68,9 +69,15 @@ cdef inline Py_ssize_t _channel_split(Py_ssize_t C, Py_ssize_t L,
 # Whole-view reductions: slices handed to threads, then the threads' partial
 # sums added in a fixed order.  The fused kernels (``_bn``) and the split-up
 # ones (``_moments``) both call these, so they produce the same bits.
-# ``part`` is scratch for the partial sums: 2 * nch * D doubles for the row
-# drivers, 2 * C * split for the channel drivers.
+# ``part`` is scratch for the partial sums: 2 * nch * P doubles for the row
+# drivers (P = _row_part_stride(D): the vectors of two threads share no cache
+# line), 2 * C * split for the channel drivers.
 # --------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _row_part_stride(Py_ssize_t D) noexcept nogil:
+    """Doubles from one row-partial vector to the next in ``part``."""
+    return fastbn_part_stride(D, sizeof(double))
+
 
 cdef inline void _add_chan_partials(const double* part, Py_ssize_t C, Py_ssize_t split,
                                     double* s1, double* s2) noexcept nogil:
@@ -93,10 +100,10 @@ cdef inline void _rows_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_t sd,
                                 double* s1, double* s2) noexcept nogil:
     """s1[j] = sum(x[:, j] - center[j]), s2[j] = its sum of squares; the row
     blocks (fastbn_row_blocks) cut into nch chunks."""
-    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_SUM_ROWS)
+    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_SUM_ROWS), P = _row_part_stride(D)
     for t in prange(nch, num_threads=nthreads, schedule="static"):
         fastbn_rows_sums(x, sr, sd, D, R, t * nb // nch, (t + 1) * nb // nch, center,
-                         part + 2 * t * D, part + (2 * t + 1) * D)
+                         part + 2 * t * P, part + (2 * t + 1) * P)
     fastbn_add_row_partials(part, nch, D, s1, s2)
 
 
@@ -106,10 +113,10 @@ cdef inline void _rows_grad_sums_all(const floating* x, Py_ssize_t sr, Py_ssize_
                                      int nthreads, const double* mean, double* part,
                                      double* sdy, double* sdyx) noexcept nogil:
     """sdy[j] = sum(dy[:, j]), sdyx[j] = sum(dy[:, j] * (x[:, j] - mean[j])); nch row chunks."""
-    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_GRAD_ROWS)
+    cdef Py_ssize_t t, nb = fastbn_row_blocks(R, FASTBN_GRAD_ROWS), P = _row_part_stride(D)
     for t in prange(nch, num_threads=nthreads, schedule="static"):
         fastbn_rows_grad_sums(x, sr, sd, dy, gr, gd, D, R, t * nb // nch, (t + 1) * nb // nch,
-                              mean, part + 2 * t * D, part + (2 * t + 1) * D)
+                              mean, part + 2 * t * P, part + (2 * t + 1) * P)
     fastbn_add_row_partials(part, nch, D, sdy, sdyx)
 
 

@@ -34,10 +34,10 @@ from cython cimport floating
 
 from fastbn._cheaders cimport (
     FASTBN_SUM_ROWS, fastbn_active, fastbn_add_row_partials, fastbn_center_fold, fastbn_finish1,
-    fastbn_kernel_isa, fastbn_leave, fastbn_ln_rows_backward_f, fastbn_row_blocks,
-    fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
+    fastbn_kernel_isa, fastbn_leave, fastbn_ln_rows_backward_f, fastbn_part_stride,
+    fastbn_row_blocks, fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
 )
-from fastbn._kernels cimport Steps, _steps, _chunk_row, _row_chunks
+from fastbn._kernels cimport Steps, _steps, _chunk_row, _row_chunks, _row_part_stride
 
 
 def kernel_isa():
@@ -400,18 +400,19 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
     # per block: D partial sums for dgamma, then D for dbeta; then their totals
-    cdef double* part = <double*>malloc(2 * (nch + 1) * D * sizeof(double))
+    cdef Py_ssize_t P = _row_part_stride(D), Q = fastbn_part_stride(D, sizeof(float))
+    cdef double* part = <double*>malloc((2 * nch * P + 2 * D) * sizeof(double))
     cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     # contiguous float32 rows: the float32-lane kernel, with D floats of
     # column scratch twice per thread
     cdef bint lanes = (floating is float and not cols and xs.s1 == 1 and gs.s1 == 1
                        and ds.s1 == 1)
-    cdef float* scratch = <float*>malloc(2 * nch * D * sizeof(float)) if lanes else NULL
+    cdef float* scratch = <float*>malloc(2 * nch * Q * sizeof(float)) if lanes else NULL
     if part == NULL or (lanes and scratch == NULL):
         free(part)
         free(scratch)
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* sgamma = part + 2 * nch * D
+    cdef double* sgamma = part + 2 * nch * P
     cdef double* sbeta = sgamma + D
     with nogil:
         nthreads = fastbn_team(nthreads)
@@ -419,17 +420,17 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
             if floating is float and lanes:
                 fastbn_ln_rows_backward_f(xp, xs.s0, gp, gs.s0, dp, ds.s0, D, _chunk_row(t, R, nch),
                                           _chunk_row(t + 1, R, nch), &gamma[0], &mean[0],
-                                          &invstd[0], scratch + 2 * t * D,
-                                          scratch + (2 * t + 1) * D, part + 2 * t * D,
-                                          part + (2 * t + 1) * D)
+                                          &invstd[0], scratch + 2 * t * Q,
+                                          scratch + (2 * t + 1) * Q, part + 2 * t * P,
+                                          part + (2 * t + 1) * P)
             elif cols:
                 _backward_cols(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
                                t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
-                               part + 2 * t * D, part + (2 * t + 1) * D)
+                               part + 2 * t * P, part + (2 * t + 1) * P)
             else:
                 _backward_rows(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
                                t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
-                               part + 2 * t * D, part + (2 * t + 1) * D)
+                               part + 2 * t * P, part + (2 * t + 1) * P)
         fastbn_add_row_partials(part, nch, D, sgamma, sbeta)
         for j in range(D):
             dgamma[j] = <floating>sgamma[j]

@@ -30,7 +30,7 @@ from fastbn._cheaders cimport (
 )
 from fastbn._kernels cimport (
     Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split,
-    _row_chunks, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
+    _row_chunks, _row_part_stride, _rows_dx_all, _rows_grad_sums_all, _rows_sums_all,
 )
 
 
@@ -75,10 +75,11 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
     cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
-    cdef double* part = <double*>malloc((2 * nch + 3) * D * sizeof(double))
+    cdef Py_ssize_t P = _row_part_stride(D)
+    cdef double* part = <double*>malloc((2 * nch * P + 3 * D) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
-    cdef double* center = part + 2 * nch * D
+    cdef double* center = part + 2 * nch * P
     cdef double* s1 = center + D
     cdef double* s2 = s1 + D
     with nogil:
@@ -189,7 +190,7 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
-    cdef double* part = <double*>malloc(2 * nch * D * sizeof(double))
+    cdef double* part = <double*>malloc(2 * nch * _row_part_stride(D) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
