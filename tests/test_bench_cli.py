@@ -253,3 +253,31 @@ def test_under_load_report_has_the_control_and_the_stall_counts(tmp_path, capsys
     if shutil.which("ps"):          # the hog process is gone
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert "while True" not in ps
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_stream_sizes_its_team_on_every_call(monkeypatch, direction):
+    # the floor is threaded as the kernels are at the time of the call: a
+    # team size fixed at setup would hold a moment's load for the whole run
+    import fastbn
+    from fastbn import _cpus, _stream
+    from fastbn.benchmark.cases import Case, implementations
+    case = Case("bn", (512, 1024))
+    fn = implementations(case, direction, which=("stream",))["stream"]
+    seen, name = [], "scale2" if direction == "forward" else "add"
+    real = getattr(_stream, name)
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(_stream, name, spy)
+    saved = fastbn.get_num_threads()
+    fastbn.set_num_threads(2)
+    try:
+        for free in (2, 1, 2):
+            monkeypatch.setattr(_cpus, "free_cpus", lambda free=free: free)
+            fn()
+    finally:
+        fastbn.set_num_threads(saved)
+    assert seen == [2, 1, 2]

@@ -281,17 +281,20 @@ def _stream_impl(arrays, direction):
     ``x * 2`` for the forward (read x, write out), ``x + dout`` for the
     backward (read both, write dx), into an output allocated once (no page
     faults: fastbn's own large outputs come from its buffer cache), as an
-    OpenMP loop with the thread count fastbn's kernels would use.
+    OpenMP loop with the thread count fastbn's kernels would use for the
+    call.  The count is asked for on every call, as the kernels ask: one
+    fixed at setup would keep a team sized for a moment's load (or its
+    absence) for the whole run.
     """
     from .. import _stream
     from .._config import threads_for
     # order="K": the memory as laid out (a channels-last view stays a view)
     x, dout = (arrays[k].ravel(order="K") for k in ("x", "dout"))
     out = np.empty_like(x)
-    nthreads = threads_for(x.size)
+    n = x.size
     if direction == "forward":
-        return lambda: _stream.scale2(x, out, nthreads)
-    return lambda: _stream.add(x, dout, out, nthreads)
+        return lambda: _stream.scale2(x, out, threads_for(n))
+    return lambda: _stream.add(x, dout, out, threads_for(n))
 
 
 def import_torch():
