@@ -236,13 +236,13 @@ def test_top_level_functions_run_the_extension(monkeypatch, rng):
                  "spatial_batchnorm_forward", "spatial_batchnorm_backward"):
         assert getattr(fastbn, name).__wrapped__ is getattr(compiled, name)
     calls = []
-    for entry in ("rows_forward_train", "small_batchnorm_forward"):
+    for entry in ("rows_forward_train", "plain_batchnorm_forward"):
         real = getattr(compiled._bn, entry)
         monkeypatch.setattr(compiled._bn, entry,
                             lambda *a, _real=real, _name=entry: calls.append(_name) or _real(*a))
     x, gamma, beta, _ = make_case(rng, (6, 4), np.float64)
     _, cache = fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
-    assert calls == ["small_batchnorm_forward"] and type(cache) is compiled.BatchNormCache
+    assert calls == ["plain_batchnorm_forward"] and type(cache) is compiled.BatchNormCache
     calls.clear()
     _, cache = fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"}, out=np.empty_like(x))
     assert calls == ["rows_forward_train"] and type(cache) is compiled.BatchNormCache

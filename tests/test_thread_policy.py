@@ -61,8 +61,10 @@ def _every_kernel_call():
         fwd = compiled.spatial_batchnorm_forward if spatial else compiled.batchnorm_forward
         bwd = compiled.spatial_batchnorm_backward if spatial else compiled.batchnorm_backward
         param = {"mode": "train"}
-        _, cache = fwd(x, gamma, beta, param)
-        bwd(x, cache)
+        # out=/dx= buffers: the general path's kernel calls (a plain 2-D call
+        # runs in one step, whose team comes from the same threads_for)
+        _, cache = fwd(x, gamma, beta, param, out=np.empty_like(x))
+        bwd(x, cache, dx=np.empty_like(x))
         param["mode"] = "test"
         fwd(x, gamma, beta, param)
         m = moments.partial_moments(x, spatial)
@@ -91,6 +93,11 @@ def default_threads(monkeypatch):
     fastbn.set_num_threads(None)
     yield
     _config._user_threads = saved
+
+
+def test_plain_calls_take_their_thread_count_from_config():
+    assert compiled._PLAIN.threads_for is _config.threads_for
+    assert compiled._PLAIN.serial_below == _config.SERIAL_BELOW
 
 
 def test_every_kernel_module_takes_its_thread_count_from_config(team_sizes, default_threads):

@@ -59,6 +59,8 @@ cdef extern from "numpy/arrayobject.h":
         NPY_ARRAY_ALIGNED
     int PyArray_TYPE(PyArrayObject*)
     int PyArray_NDIM(PyArrayObject*)
+    int PyArray_ITEMSIZE(PyArrayObject*)
+    npy_intp PyArray_NBYTES(PyArrayObject*)
     npy_intp* PyArray_DIMS(PyArrayObject*)
     void* PyArray_DATA(PyArrayObject*)
     int PyArray_FLAGS(PyArrayObject*)
@@ -370,15 +372,18 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
 
 
 # --------------------------------------------------------------------------
-# Small calls in one step.  A (4, 3) batch costs far less to normalize than to
-# validate in Python and to hand to the kernels as ten memoryviews, so a call
-# whose arguments are all in their plain form is checked here, in C, and run
-# on the same C functions as above with one thread (the general path runs
-# calls below SERIAL_BELOW elements on one thread too), which gives the same
-# bits.  Anything else -- another dtype or layout, a subclass, a mapping
-# other than a dict, test mode, non-finite or integer parameters, eps = 0, a
-# batch of one -- returns None, and the caller takes the general path, which
-# converts, warns or raises as documented.
+# Plain calls in one step.  A (4, 3) batch costs far less to normalize than to
+# validate in Python and to hand to the kernels as ten memoryviews, and on a
+# (256, 1024) batch the general path's Python steps still cost a sixth of the
+# call.  So a call whose arguments are all in their plain form is checked
+# here, in C, and run on the same C functions as above with the thread count
+# and output the general path would choose (``threads_for``; a large output
+# from ``rows_output``, the buffer cache placed away from the inputs), which
+# gives the same bits.  Anything else -- another dtype or layout, a subclass,
+# a mapping other than a dict, test mode, non-finite or integer parameters,
+# eps = 0, a batch of one, a parameter vector of the buffer cache's size --
+# returns None, and the caller takes the general path, which converts, warns
+# or raises as documented.
 # --------------------------------------------------------------------------
 
 cdef inline bint _plain(object a, int ndim, int typenum) noexcept:
@@ -401,10 +406,11 @@ cdef inline void* _data(object a) noexcept:
     return PyArray_DATA(<PyArrayObject*>a)
 
 
-cdef inline int _small_rows(object x, Py_ssize_t serial_below) noexcept:
+cdef inline int _plain_rows(object x, Py_ssize_t min_bytes) noexcept:
     """The typenum of ``x`` when it is a plain float32/float64 (R, D) array
-    with R, D >= 2 (one feature takes the channel kernels) and R * D below
-    ``serial_below``; else 0."""
+    with R, D >= 2 (one feature takes the channel kernels) and a row of
+    fewer than ``min_bytes`` bytes (parameter vectors that small are never
+    placed by the buffer cache); else 0."""
     cdef int typenum
     cdef npy_intp* dims
     if type(x) is not _ndarray:
@@ -413,9 +419,37 @@ cdef inline int _small_rows(object x, Py_ssize_t serial_below) noexcept:
     if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
         return 0
     dims = PyArray_DIMS(<PyArrayObject*>x)
-    if dims[0] < 2 or dims[1] < 2 or dims[0] * dims[1] >= serial_below:
+    if dims[0] < 2 or dims[1] < 2 or dims[1] * PyArray_ITEMSIZE(<PyArrayObject*>x) >= min_bytes:
         return 0
     return typenum
+
+
+# ``policy`` below: what a plain call needs from the Python side, one
+# namedtuple (fastbn.compiled.PlainPolicy) fixed at import for every build:
+# ``cache_type(x, gamma, mean, invstd, train, spatial)`` builds the cache,
+# ``threads_for(size)`` sizes the team of a call of ``serial_below`` or more
+# elements, and ``rows_output(shape, dtype, addresses)`` returns
+# ``(array, stream)`` for an output of ``min_bytes`` or more computed from the
+# inputs at ``addresses``.
+
+cdef inline int _plain_threads(object policy, Py_ssize_t size) except -1:
+    if size < <Py_ssize_t>policy.serial_below:
+        return 1
+    return policy.threads_for(size)
+
+
+cdef tuple _plain_output(object policy, object x, object other, int typenum):
+    """``(array, stream)``: the (R, D) output of a call on ``x`` (and
+    ``other``, the same size, or None), as the general path allocates it."""
+    cdef PyArrayObject* p = <PyArrayObject*>x
+    if PyArray_NBYTES(p) < <Py_ssize_t>policy.min_bytes:
+        return PyArray_EMPTY(2, PyArray_DIMS(p), typenum, 0), False
+    cdef tuple addresses
+    if other is None:
+        addresses = (<Py_ssize_t>_data(x),)
+    else:
+        addresses = (<Py_ssize_t>_data(x), <Py_ssize_t>_data(other))
+    return policy.rows_output(x.shape, x.dtype, addresses)
 
 
 cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
@@ -426,9 +460,9 @@ cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
     return s
 
 
-cdef object _small_forward_train(const floating* xp, object x, object gamma, object beta,
+cdef object _plain_forward_train(const floating* xp, object x, object gamma, object beta,
                                  object rm, object rv, double eps, double momentum,
-                                 dict bn_param, object cache_type, int typenum):
+                                 dict bn_param, object policy, int typenum):
     cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
     cdef npy_intp D = dims[1]
     cdef Py_ssize_t R = dims[0], j
@@ -443,7 +477,8 @@ cdef object _small_forward_train(const floating* xp, object x, object gamma, obj
     cdef double* ip
     cdef double* var
     cdef floating* zeros
-    cdef int rc = -1
+    cdef int rc = -1, nthreads
+    cdef bint stream
     for j in range(D):
         if not (isfinite(g[j]) and isfinite(b[j])):
             return None
@@ -454,7 +489,8 @@ cdef object _small_forward_train(const floating* xp, object x, object gamma, obj
                 return None
     if rm is not None:
         rmp = <const floating*>_data(rm)
-    out = PyArray_EMPTY(2, dims, typenum, 0)
+    nthreads = _plain_threads(policy, R * D)
+    out, stream = _plain_output(policy, x, None, typenum)
     mean = PyArray_EMPTY(1, &D, NPY_DOUBLE, 0)
     invstd = PyArray_EMPTY(1, &D, NPY_DOUBLE, 0)
     new_mean = PyArray_EMPTY(1, &D, typenum, 0)
@@ -473,32 +509,31 @@ cdef object _small_forward_train(const floating* xp, object x, object gamma, obj
             rvp = zeros
         with nogil:
             rc = _rows_forward_train_c(xp, _c_steps(D), yp, _c_steps(D), R, D, g, b, eps, mp,
-                                       var, ip, rmp, rvp, momentum, nmp, nvp, 1, False)
+                                       var, ip, rmp, rvp, momentum, nmp, nvp, nthreads, stream)
     free(var)
     free(zeros)
     if rc != 0:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     bn_param["running_mean"] = new_mean
     bn_param["running_var"] = new_var
-    return out, cache_type(x, gamma, mean, invstd, True, False)
+    return out, policy.cache_type(x, gamma, mean, invstd, True, False)
 
 
-def small_batchnorm_forward(x, gamma, beta, bn_param, cache_type, Py_ssize_t serial_below):
-    """``batchnorm_forward(x, gamma, beta, bn_param)`` for a small call in
-    plain form, in one step, or None for the general path.
+def plain_batchnorm_forward(x, gamma, beta, bn_param, policy):
+    """``batchnorm_forward(x, gamma, beta, bn_param)`` for a call in plain
+    form, in one step, or None for the general path.
 
     Plain: ``x`` a C-contiguous, aligned (N, D) float32/float64 ndarray with
-    N >= 2, D >= 2 (the general path's row kernels) and fewer than
-    ``serial_below`` elements; ``gamma`` and ``beta``
+    N >= 2, D >= 2 (the general path's row kernels) and a row below the
+    buffer cache's size; ``gamma`` and ``beta``
     finite (D,) ndarrays of x's dtype; ``bn_param`` a dict in train mode
     whose ``eps`` (> 0) and ``momentum`` (in [0, 1]) are absent or Python
     floats and whose running statistics are absent, None or (D,) ndarrays of
-    x's dtype (variance >= 0).  ``cache_type(x, gamma, mean, invstd, train,
-    spatial)`` builds the cache.
+    x's dtype (variance >= 0).  ``policy``: see above.
     """
     if type(bn_param) is not dict:
         return None
-    cdef int typenum = _small_rows(x, serial_below)
+    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
     if typenum == 0:
         return None
     cdef Py_ssize_t D = PyArray_DIMS(<PyArrayObject*>x)[1]
@@ -526,14 +561,14 @@ def small_batchnorm_forward(x, gamma, beta, bn_param, cache_type, Py_ssize_t ser
             rv is not None and not _vector(rv, D, typenum)):
         return None
     if typenum == NPY_DOUBLE:
-        return _small_forward_train(<const double*>_data(x), x, gamma, beta, rm, rv, eps,
-                                    momentum, bn_param, cache_type, typenum)
-    return _small_forward_train(<const float*>_data(x), x, gamma, beta, rm, rv, eps, momentum,
-                                bn_param, cache_type, typenum)
+        return _plain_forward_train(<const double*>_data(x), x, gamma, beta, rm, rv, eps,
+                                    momentum, bn_param, policy, typenum)
+    return _plain_forward_train(<const float*>_data(x), x, gamma, beta, rm, rv, eps, momentum,
+                                bn_param, policy, typenum)
 
 
-cdef object _small_backward(const floating* xp, object x, object dout, object gamma,
-                            object mean, object invstd, int typenum):
+cdef object _plain_backward(const floating* xp, object x, object dout, object gamma,
+                            object mean, object invstd, object policy, int typenum):
     cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
     cdef npy_intp D = dims[1]
     cdef const floating* gp = <const floating*>_data(dout)
@@ -543,8 +578,9 @@ cdef object _small_backward(const floating* xp, object x, object dout, object ga
     cdef floating* dp
     cdef floating* dgp
     cdef floating* dbp
-    cdef int rc
-    dx = PyArray_EMPTY(2, dims, typenum, 0)
+    cdef int rc, nthreads = _plain_threads(policy, dims[0] * D)
+    cdef bint stream
+    dx, stream = _plain_output(policy, x, dout, typenum)
     dgamma = PyArray_EMPTY(1, &D, typenum, 0)
     dbeta = PyArray_EMPTY(1, &D, typenum, 0)
     dp = <floating*>_data(dx)
@@ -552,27 +588,27 @@ cdef object _small_backward(const floating* xp, object x, object dout, object ga
     dbp = <floating*>_data(dbeta)
     with nogil:
         rc = _rows_backward_c(xp, _c_steps(D), gp, _c_steps(D), dp, _c_steps(D), dims[0], D, gam,
-                              mp, ip, True, dgp, dbp, 1, False)
+                              mp, ip, True, dgp, dbp, nthreads, stream)
     if rc != 0:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     return dx, dgamma, dbeta
 
 
-def small_batchnorm_backward(dout, cache, cache_type, Py_ssize_t serial_below):
-    """``batchnorm_backward(dout, cache)`` for a small train-mode call in
-    plain form, in one step, or None for the general path.
+def plain_batchnorm_backward(dout, cache, policy):
+    """``batchnorm_backward(dout, cache)`` for a train-mode call in plain
+    form, in one step, or None for the general path.
 
-    Plain: ``cache`` an exact ``cache_type`` of a 2-D train-mode forward
-    whose x (fewer than ``serial_below`` elements), gamma, mean and invstd
-    still have the forward's plain form, and ``dout`` a C-contiguous,
-    aligned ndarray of x's shape and dtype.
+    Plain: ``cache`` an exact ``policy.cache_type`` of a 2-D train-mode
+    forward whose x, gamma, mean and invstd still have the forward's plain
+    form, and ``dout`` a C-contiguous, aligned ndarray of x's shape and
+    dtype.
     """
-    if type(cache) is not cache_type or type(dout) is not _ndarray:
+    if type(cache) is not policy.cache_type or type(dout) is not _ndarray:
         return None
     if cache.train is not True or cache.spatial is not False:
         return None
     x = cache.x
-    cdef int typenum = _small_rows(x, serial_below)
+    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
     if typenum == 0 or not _plain(dout, 2, typenum):
         return None
     cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
@@ -585,5 +621,6 @@ def small_batchnorm_backward(dout, cache, cache_type, Py_ssize_t serial_below):
             and _vector(invstd, D, NPY_DOUBLE)):
         return None
     if typenum == NPY_DOUBLE:
-        return _small_backward(<const double*>_data(x), x, dout, gamma, mean, invstd, typenum)
-    return _small_backward(<const float*>_data(x), x, dout, gamma, mean, invstd, typenum)
+        return _plain_backward(<const double*>_data(x), x, dout, gamma, mean, invstd, policy,
+                               typenum)
+    return _plain_backward(<const float*>_data(x), x, dout, gamma, mean, invstd, policy, typenum)

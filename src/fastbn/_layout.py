@@ -69,6 +69,16 @@ def _placed(shape, dtype, inputs):
     return empty_reused(shape, dtype, placement(big))
 
 
+def rows_output(shape, dtype, addresses):
+    """``(array, stream)``: a fresh C-ordered (R, D) output of the buffer
+    cache, placed away from the inputs at ``addresses`` (their data
+    pointers), and whether the row kernels should write it with
+    non-temporal stores (:func:`stream_stores`).  The compiled plain-call
+    path allocates its large outputs here, as :func:`output` would."""
+    a, reused = empty_reused(shape, dtype, placement(addresses))
+    return a, stream_stores(a, reused)
+
+
 def empty_like_layout(x, rows, spatial, inputs=()):
     """``(array, reused)``: a fresh output of x's shape whose kernel view is contiguous.
 

@@ -7,13 +7,15 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
+import collections
 import math
 
 import numpy as np
 
 from ._config import SERIAL_BELOW, threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
-from ._layout import kernel_view, output, uses_rows
+from ._alloc import MIN_BYTES
+from ._layout import kernel_view, output, rows_output, uses_rows
 from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout,
                           store_running, warn_batch_of_one)
 # layer normalization lives in its own module; re-exported so this module
@@ -54,6 +56,14 @@ class BatchNormCache:
         kind = "spatial_batchnorm" if self.spatial else "batchnorm"
         mode = "train" if self.train else "test"
         return f"<fastbn {kind} cache, mode={mode!r}, x{self.x.shape} {self.x.dtype}>"
+
+
+PlainPolicy = collections.namedtuple(
+    "PlainPolicy", "cache_type threads_for rows_output serial_below min_bytes")
+PlainPolicy.__doc__ = """What the one-step path of plain (N, D) calls
+(``_bn.plain_batchnorm_forward``/``_backward``) asks of the Python side: the
+cache type, the team size of a threaded call, where a large output goes."""
+_PLAIN = PlainPolicy(BatchNormCache, threads_for, rows_output, SERIAL_BELOW, MIN_BYTES)
 
 
 # -- features with non-finite parameters ------------------------------------
@@ -212,8 +222,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, out=None):
     >>> out_test, _ = fastbn.batchnorm_forward(x, gamma, beta, bn_param)
     """
     if out is None:
-        got = _bn.small_batchnorm_forward(x, gamma, beta, bn_param, BatchNormCache,
-                                          SERIAL_BELOW)
+        got = _bn.plain_batchnorm_forward(x, gamma, beta, bn_param, _PLAIN)
         if got is not None:
             return got
     p = check_batchnorm_args(x, gamma, beta, bn_param, ndim=2)
@@ -293,7 +302,7 @@ def _check_cache_contents(c, ndim):
 
 def _backward(dout, cache, dx, spatial):
     if dx is None and not spatial:
-        got = _bn.small_batchnorm_backward(dout, cache, BatchNormCache, SERIAL_BELOW)
+        got = _bn.plain_batchnorm_backward(dout, cache, _PLAIN)
         if got is not None:
             return got
     c = _check_cache(cache, spatial)

@@ -1,15 +1,31 @@
-"""Small calls in plain form run in one step (``_bn.small_batchnorm_forward``
-and ``small_batchnorm_backward``); they must give the general path's bits and
-state, and every call outside the plain form must still take the general
-path (which converts, warns or raises)."""
+"""Calls in plain form run in one step (``_bn.plain_batchnorm_forward`` and
+``plain_batchnorm_backward``); they must give the general path's bits and
+state, with its thread count and its placement of large outputs, and every
+call outside the plain form must still take the general path (which
+converts, warns or raises)."""
 import warnings
 
 import numpy as np
 import pytest
 
-from fastbn import _config, compiled
+import fastbn
 
-SHAPES = [(2, 2), (4, 3), (7, 5), (50, 100), (33, 17), (100, 500), (255, 513)]
+from fastbn import _alloc, _config, _cpus, _layout, compiled
+
+# one thread and small outputs; then threaded (SERIAL_BELOW elements or more),
+# and outputs of the buffer cache's size (MIN_BYTES or more) in both dtypes
+SHAPES = [(2, 2), (4, 3), (7, 5), (50, 100), (33, 17), (100, 500), (255, 513),
+          (257, 1023), (64, 4096), (1031, 257)]
+
+
+@pytest.fixture(autouse=True)
+def two_threads(monkeypatch):
+    # both paths must see the same team size: no load reading between them
+    monkeypatch.setattr(_cpus, "free_cpus", lambda: 2)
+    saved = fastbn.get_num_threads()
+    fastbn.set_num_threads(2)
+    yield
+    fastbn.set_num_threads(saved)
 
 
 def _case(rng, shape, dtype, offset=0.0):
@@ -22,14 +38,13 @@ def _case(rng, shape, dtype, offset=0.0):
 
 
 def _plain_fast(x, gamma, beta, bn_param):
-    return compiled._bn.small_batchnorm_forward(x, gamma, beta, bn_param,
-                                                compiled.BatchNormCache, _config.SERIAL_BELOW)
+    return compiled._bn.plain_batchnorm_forward(x, gamma, beta, bn_param, compiled._PLAIN)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("running", [False, True])
-def test_small_calls_give_the_general_paths_bits(rng, shape, dtype, running):
+def test_plain_calls_give_the_general_paths_bits(rng, shape, dtype, running):
     x, gamma, beta, dout = _case(rng, shape, dtype, offset=1e3)
     extra = {}
     if running:
@@ -41,7 +56,7 @@ def test_small_calls_give_the_general_paths_bits(rng, shape, dtype, running):
     slow_param = {"mode": "train", **{k: (v.copy() if isinstance(v, np.ndarray) else v)
                                        for k, v in extra.items()}}
     got = _plain_fast(x, gamma, beta, fast_param)
-    assert got is not None, "a plain small call took the general path"
+    assert got is not None, "a plain call took the general path"
     out, cache = got
     want, wcache = compiled.batchnorm_forward(x, gamma, beta, slow_param, out=np.empty_like(x))
     np.testing.assert_array_equal(out, want)
@@ -56,8 +71,7 @@ def test_small_calls_give_the_general_paths_bits(rng, shape, dtype, running):
     out2, _ = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train", **extra})
     np.testing.assert_array_equal(out2, want)
 
-    fast = compiled._bn.small_batchnorm_backward(dout, cache, compiled.BatchNormCache,
-                                                 _config.SERIAL_BELOW)
+    fast = compiled._bn.plain_batchnorm_backward(dout, cache, compiled._PLAIN)
     assert fast is not None
     slow = compiled.batchnorm_backward(dout, wcache, dx=np.empty_like(x))
     for a, b in zip(fast, slow):
@@ -93,7 +107,9 @@ def _forms(rng):
     yield "no mode", x, g, b, {}
     yield "bytes mode", x, g, b, {"mode": b"train"}
     yield "big-endian x", x.astype(">f8"), g, b, {"mode": "train"}
-    yield "a large batch", np.ones((_config.SERIAL_BELOW // 4 + 1, 4)), g, b, {"mode": "train"}
+    D = _alloc.MIN_BYTES // 8
+    yield "gamma of the buffer cache's size", np.ones((2, D)), np.ones(D), np.zeros(D), \
+        {"mode": "train"}
 
 
 def test_calls_outside_the_plain_form_take_the_general_path(rng):
@@ -109,7 +125,7 @@ def test_calls_outside_the_plain_form_take_the_general_path(rng):
     assert _plain_fast(x.view(np.matrix), g, b, {"mode": "train"}) is None
 
 
-def test_general_path_behaviour_is_kept_for_small_calls(rng):
+def test_general_path_behaviour_is_kept_for_plain_form_calls(rng):
     x, g, b, dout = _case(rng, (6, 4), np.float64)
     with pytest.raises(TypeError, match="bn_param\\['eps'\\]"):
         compiled.batchnorm_forward(x, g, b, {"mode": "train", "eps": None})
@@ -129,3 +145,74 @@ def test_general_path_behaviour_is_kept_for_small_calls(rng):
     cache.x = x[:, :3].copy()
     with pytest.raises(ValueError, match="cache is inconsistent"):
         compiled.batchnorm_backward(dout[:, :3].copy(), cache)
+
+
+def _spied_policy(calls):
+    def threads_for(size):
+        calls.append(("threads_for", size))
+        return _config.threads_for(size)
+
+    def rows_output(shape, dtype, addresses):
+        calls.append(("rows_output", shape, np.dtype(dtype), addresses))
+        return _layout.rows_output(shape, dtype, addresses)
+
+    return compiled._PLAIN._replace(threads_for=threads_for, rows_output=rows_output)
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("shape, threaded, cached", [
+    ((50, 100), False, False), ((300, 500), True, False), ((257, 1023), True, True)])
+def test_plain_calls_size_their_team_and_place_large_outputs(rng, shape, threaded, cached):
+    x, gamma, beta, dout = _case(rng, shape, np.float32)
+    calls = []
+    policy = _spied_policy(calls)
+    out, cache = compiled._bn.plain_batchnorm_forward(x, gamma, beta, {"mode": "train"}, policy)
+    want = ([("threads_for", x.size)] if threaded else []) + (
+        [("rows_output", shape, x.dtype, (_address(x),))] if cached else [])
+    assert calls == want
+    calls.clear()
+    dx, _, _ = compiled._bn.plain_batchnorm_backward(dout, cache, policy)
+    want = ([("threads_for", x.size)] if threaded else []) + (
+        [("rows_output", shape, x.dtype, (_address(x), _address(dout)))] if cached else [])
+    assert calls == want
+    if cached:
+        # where the general path puts them: the page offset farthest from the inputs'
+        assert _address(out) % 4096 == _layout.placement([_address(x)])
+        assert _address(dx) % 4096 == _layout.placement([_address(x), _address(dout)])
+
+
+def test_large_plain_calls_skip_the_python_checks(rng, monkeypatch):
+    """The public functions take the one-step path at any size: with the
+    general path's first steps made to fail, a plain call still runs."""
+    x, gamma, beta, dout = _case(rng, (257, 1023), np.float64)
+    want, wcache = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    wgrads = compiled.batchnorm_backward(dout, wcache)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(compiled, "check_batchnorm_args", refuse)
+    monkeypatch.setattr(compiled, "_check_cache", refuse)
+    out, cache = compiled.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    np.testing.assert_array_equal(out, want)
+    for a, b in zip(compiled.batchnorm_backward(dout, cache), wgrads):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(AssertionError, match="general path"):
+        compiled.batchnorm_forward(np.asfortranarray(x), gamma, beta, {"mode": "train"})
+
+
+def test_plain_policy_errors_propagate(rng):
+    # an exception in the Python side (here: the output allocation) reaches
+    # the caller, and bn_param is left as it was
+    def rows_output(shape, dtype, addresses):
+        raise MemoryError("no buffer")
+
+    policy = compiled._PLAIN._replace(rows_output=rows_output)
+    x, gamma, beta, _ = _case(rng, (257, 1023), np.float32)
+    bn_param = {"mode": "train"}
+    with pytest.raises(MemoryError, match="no buffer"):
+        compiled._bn.plain_batchnorm_forward(x, gamma, beta, bn_param, policy)
+    assert bn_param == {"mode": "train"}
