@@ -327,12 +327,17 @@ def test_top_level_functions_run_the_extension(monkeypatch, rng):
     assert _ln.__file__.endswith((".so", ".pyd"))
     assert _ln.__name__ in ("fastbn._ln", "fastbn._ln_avx2")
     calls = []
-    for name in ("forward", "backward"):
+    for name in ("forward", "backward", "plain_layernorm_forward", "plain_layernorm_backward"):
         real = getattr(_ln, name)
         monkeypatch.setattr(_ln, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
     x, gamma, beta, dout = make_case(rng, (6, 4), F64)
     _, cache = fastbn.layernorm_forward(x, gamma, beta, {})
     fastbn.layernorm_backward(dout, cache)
+    assert calls == ["plain_layernorm_forward", "plain_layernorm_backward"]
+    assert type(cache) is compiled.LayerNormCache
+    calls.clear()
+    _, cache = fastbn.layernorm_forward(x, gamma, beta, {}, out=np.empty_like(x))
+    fastbn.layernorm_backward(dout, cache, dx=np.empty_like(x))
     assert calls == ["forward", "backward"] and type(cache) is compiled.LayerNormCache
 
 

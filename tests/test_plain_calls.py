@@ -10,7 +10,7 @@ import pytest
 
 import fastbn
 
-from fastbn import _alloc, _config, _cpus, _layout, compiled
+from fastbn import _alloc, _config, _cpus, _layout, compiled, compiled_ln
 
 # one thread and small outputs; then threaded (SERIAL_BELOW elements or more),
 # and outputs of the buffer cache's size (MIN_BYTES or more) in both dtypes
@@ -216,3 +216,76 @@ def test_plain_policy_errors_propagate(rng):
     with pytest.raises(MemoryError, match="no buffer"):
         compiled._bn.plain_batchnorm_forward(x, gamma, beta, bn_param, policy)
     assert bn_param == {"mode": "train"}
+
+
+# -- layer norm ---------------------------------------------------------------
+
+LN_SHAPES = [(1, 1), (1, 7), (4, 3), (50, 100), (257, 1023), (64, 4096), (1031, 257)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", LN_SHAPES)
+def test_plain_layernorm_calls_give_the_general_paths_bits(rng, shape, dtype):
+    x, gamma, beta, dout = _case(rng, shape, dtype, offset=1e3)
+    _ln, policy = compiled_ln._ln, compiled_ln._PLAIN
+    for ln_param in ({}, {"eps": 1e-3, "mode": "train"}):
+        got = _ln.plain_layernorm_forward(x, gamma, beta, ln_param, policy)
+        assert got is not None, "a plain call took the general path"
+        out, cache = got
+        want, wcache = compiled_ln.layernorm_forward(x, gamma, beta, ln_param,
+                                                     out=np.empty_like(x))
+        np.testing.assert_array_equal(out, want)
+        assert out.dtype == dtype and out.flags.c_contiguous
+        for name in ("mean", "invstd"):
+            np.testing.assert_array_equal(getattr(cache, name), getattr(wcache, name))
+        assert cache.x is x and cache.gamma is gamma
+        fast = _ln.plain_layernorm_backward(dout, cache, policy)
+        assert fast is not None
+        slow = compiled_ln.layernorm_backward(dout, wcache, dx=np.empty_like(x))
+        for a, b in zip(fast, slow):
+            assert a.dtype == dtype
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(compiled_ln.layernorm_backward(dout, cache), slow):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_layernorm_calls_outside_the_plain_form_take_the_general_path(rng):
+    x, g, b, dout = _case(rng, (6, 4), np.float64)
+    _ln, policy = compiled_ln._ln, compiled_ln._PLAIN
+    forms = [("float32 gamma", x, g.astype(np.float32), b, {}),
+             ("integer gamma", x, np.arange(1, 5), b, {}),
+             ("list beta", x, g, list(b), {}),
+             ("Fortran x", np.asfortranarray(x), g, b, {}),
+             ("strided x", np.repeat(x, 2, axis=1)[:, ::2], g, b, {}),
+             ("empty x", x[:0], g, b, {}),
+             ("integer eps", x, g, b, {"eps": 1}),
+             ("negative eps", x, g, b, {"eps": -1.0}),
+             ("nan eps", x, g, b, {"eps": float("nan")}),
+             ("mapping", x, g, b, type("P", (dict,), {})()),
+             ("gamma of the buffer cache's size", np.ones((2, _alloc.MIN_BYTES // 8)),
+              np.ones(_alloc.MIN_BYTES // 8), np.zeros(_alloc.MIN_BYTES // 8), {})]
+    for label, xx, gg, bb, p in forms:
+        assert _ln.plain_layernorm_forward(xx, gg, bb, p, policy) is None, label
+    _, cache = compiled_ln.layernorm_forward(x, g, b, {})
+    assert _ln.plain_layernorm_backward(dout.astype(np.float32), cache, policy) is None
+    assert _ln.plain_layernorm_backward(np.asfortranarray(dout), cache, policy) is None
+    assert _ln.plain_layernorm_backward(dout[:3], cache, policy) is None
+    cache.mean = cache.mean[:3]
+    assert _ln.plain_layernorm_backward(dout, cache, policy) is None
+    with pytest.raises(ValueError, match="cache is inconsistent"):
+        compiled_ln.layernorm_backward(dout, cache)
+    with pytest.raises(ValueError, match="eps"):
+        compiled_ln.layernorm_forward(x, g, b, {"eps": -1.0})
+
+
+def test_plain_layernorm_calls_size_their_team_and_place_large_outputs(rng):
+    x, gamma, beta, dout = _case(rng, (257, 1023), np.float32)
+    calls = []
+    policy = _spied_policy(calls)._replace(cache_type=compiled_ln.LayerNormCache)
+    out, cache = compiled_ln._ln.plain_layernorm_forward(x, gamma, beta, {}, policy)
+    assert calls == [("threads_for", x.size), ("rows_output", x.shape, x.dtype, (_address(x),))]
+    assert _address(out) % 4096 == _layout.placement([_address(x)])
+    calls.clear()
+    compiled_ln._ln.plain_layernorm_backward(dout, cache, policy)
+    assert calls == [("threads_for", x.size),
+                     ("rows_output", x.shape, x.dtype, (_address(x), _address(dout)))]

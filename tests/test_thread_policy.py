@@ -76,8 +76,8 @@ def _every_kernel_call():
             _, cache = compiled_gn.spatial_groupnorm_forward(x, gamma, beta, 4, {})
             compiled_gn.spatial_groupnorm_backward(x, cache)
         else:
-            _, cache = compiled.layernorm_forward(x, gamma, beta, {})
-            compiled.layernorm_backward(x, cache)
+            _, cache = compiled.layernorm_forward(x, gamma, beta, {}, out=np.empty_like(x))
+            compiled.layernorm_backward(x, cache, dx=np.empty_like(x))
 
 
 @pytest.fixture
@@ -96,8 +96,9 @@ def default_threads(monkeypatch):
 
 
 def test_plain_calls_take_their_thread_count_from_config():
-    assert compiled._PLAIN.threads_for is _config.threads_for
-    assert compiled._PLAIN.serial_below == _config.SERIAL_BELOW
+    for policy in (compiled._PLAIN, compiled_ln._PLAIN):
+        assert policy.threads_for is _config.threads_for
+        assert policy.serial_below == _config.SERIAL_BELOW
 
 
 def test_every_kernel_module_takes_its_thread_count_from_config(team_sizes, default_threads):

@@ -32,8 +32,6 @@ from libc.math cimport isfinite
 from libc.stdlib cimport calloc, malloc, free
 from cython cimport floating
 
-import numpy as _np
-
 from fastbn._cheaders cimport (
     fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
     fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma,
@@ -41,35 +39,19 @@ from fastbn._cheaders cimport (
     fastbn_finish_moments_v, fastbn_fold_forward,
     fastbn_kernel_isa, fastbn_leave, fastbn_team, fastbn_team_size,
 )
+from fastbn._plain cimport (
+    NPY_DOUBLE, PyArrayObject, PyArray_CheckExact, PyArray_DIMS, PyArray_EMPTY, _data,
+    _import_array, _plain, _plain_output, _plain_rows, _plain_threads, _vector, npy_intp,
+)
 from fastbn._kernels cimport (
-    Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all, _chans_sums_all,
+    Steps, _c_steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
+    _chans_sums_all,
     _channel_split, _row_chunks, _row_part_stride, _rows_dx_all, _rows_grad_sums_all,
     _rows_normalize_all, _rows_sums_all,
 )
 
 
-cdef extern from "numpy/arrayobject.h":
-    ctypedef Py_ssize_t npy_intp
-    ctypedef struct PyArrayObject:
-        pass
-    enum:
-        NPY_FLOAT
-        NPY_DOUBLE
-        NPY_ARRAY_C_CONTIGUOUS
-        NPY_ARRAY_ALIGNED
-    int PyArray_TYPE(PyArrayObject*)
-    int PyArray_NDIM(PyArrayObject*)
-    int PyArray_ITEMSIZE(PyArrayObject*)
-    npy_intp PyArray_NBYTES(PyArrayObject*)
-    npy_intp* PyArray_DIMS(PyArrayObject*)
-    void* PyArray_DATA(PyArrayObject*)
-    int PyArray_FLAGS(PyArrayObject*)
-    bint PyArray_ISNOTSWAPPED(PyArrayObject*)
-    object PyArray_EMPTY(int nd, npy_intp* dims, int typenum, int fortran)
-    int _import_array() except -1
-
 _import_array()
-_ndarray = _np.ndarray
 _MISSING = object()
 
 
@@ -383,81 +365,17 @@ def chans_backward(const floating[:, :, :] x, const floating[:, :, :] dout,
 # a mapping other than a dict, test mode, non-finite or integer parameters,
 # eps = 0, a batch of one, a parameter vector of the buffer cache's size --
 # returns None, and the caller takes the general path, which converts, warns
-# or raises as documented.
+# or raises as documented.  The checks and outputs: ``_plain.pxd``.
 # --------------------------------------------------------------------------
 
-cdef inline bint _plain(object a, int ndim, int typenum) noexcept:
-    """``a`` is an exact ndarray of ``typenum``, ``ndim`` axes, native byte
-    order, C-contiguous and aligned."""
-    cdef PyArrayObject* p
-    if type(a) is not _ndarray:
-        return False
-    p = <PyArrayObject*>a
-    return (PyArray_NDIM(p) == ndim and PyArray_TYPE(p) == typenum and PyArray_ISNOTSWAPPED(p)
-            and (PyArray_FLAGS(p) & NPY_ARRAY_C_CONTIGUOUS) != 0
-            and (PyArray_FLAGS(p) & NPY_ARRAY_ALIGNED) != 0)
-
-
-cdef inline bint _vector(object a, Py_ssize_t n, int typenum) noexcept:
-    return _plain(a, 1, typenum) and PyArray_DIMS(<PyArrayObject*>a)[0] == n
-
-
-cdef inline void* _data(object a) noexcept:
-    return PyArray_DATA(<PyArrayObject*>a)
-
-
-cdef inline int _plain_rows(object x, Py_ssize_t min_bytes) noexcept:
-    """The typenum of ``x`` when it is a plain float32/float64 (R, D) array
-    with R, D >= 2 (one feature takes the channel kernels) and a row of
-    fewer than ``min_bytes`` bytes (parameter vectors that small are never
-    placed by the buffer cache); else 0."""
-    cdef int typenum
-    cdef npy_intp* dims
-    if type(x) is not _ndarray:
+cdef inline int _plain_batch(object x, object policy) noexcept:
+    """:func:`_plain_rows` for batch norm: N, D >= 2 too (a batch of one
+    warns on the general path, one feature takes the channel kernels)."""
+    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
+    if typenum == 0:
         return 0
-    typenum = PyArray_TYPE(<PyArrayObject*>x)
-    if (typenum != NPY_DOUBLE and typenum != NPY_FLOAT) or not _plain(x, 2, typenum):
-        return 0
-    dims = PyArray_DIMS(<PyArrayObject*>x)
-    if dims[0] < 2 or dims[1] < 2 or dims[1] * PyArray_ITEMSIZE(<PyArrayObject*>x) >= min_bytes:
-        return 0
-    return typenum
-
-
-# ``policy`` below: what a plain call needs from the Python side, one
-# namedtuple (fastbn.compiled.PlainPolicy) fixed at import for every build:
-# ``cache_type(x, gamma, mean, invstd, train, spatial)`` builds the cache,
-# ``threads_for(size)`` sizes the team of a call of ``serial_below`` or more
-# elements, and ``rows_output(shape, dtype, addresses)`` returns
-# ``(array, stream)`` for an output of ``min_bytes`` or more computed from the
-# inputs at ``addresses``.
-
-cdef inline int _plain_threads(object policy, Py_ssize_t size) except -1:
-    if size < <Py_ssize_t>policy.serial_below:
-        return 1
-    return policy.threads_for(size)
-
-
-cdef tuple _plain_output(object policy, object x, object other, int typenum):
-    """``(array, stream)``: the (R, D) output of a call on ``x`` (and
-    ``other``, the same size, or None), as the general path allocates it."""
-    cdef PyArrayObject* p = <PyArrayObject*>x
-    if PyArray_NBYTES(p) < <Py_ssize_t>policy.min_bytes:
-        return PyArray_EMPTY(2, PyArray_DIMS(p), typenum, 0), False
-    cdef tuple addresses
-    if other is None:
-        addresses = (<Py_ssize_t>_data(x),)
-    else:
-        addresses = (<Py_ssize_t>_data(x), <Py_ssize_t>_data(other))
-    return policy.rows_output(x.shape, x.dtype, addresses)
-
-
-cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
-    cdef Steps s
-    s.s0 = D
-    s.s1 = 1
-    s.s2 = 0
-    return s
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    return typenum if dims[0] >= 2 and dims[1] >= 2 else 0
 
 
 cdef object _plain_forward_train(const floating* xp, object x, object gamma, object beta,
@@ -533,7 +451,7 @@ def plain_batchnorm_forward(x, gamma, beta, bn_param, policy):
     """
     if type(bn_param) is not dict:
         return None
-    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
+    cdef int typenum = _plain_batch(x, policy)
     if typenum == 0:
         return None
     cdef Py_ssize_t D = PyArray_DIMS(<PyArrayObject*>x)[1]
@@ -603,12 +521,12 @@ def plain_batchnorm_backward(dout, cache, policy):
     form, and ``dout`` a C-contiguous, aligned ndarray of x's shape and
     dtype.
     """
-    if type(cache) is not policy.cache_type or type(dout) is not _ndarray:
+    if type(cache) is not policy.cache_type or not PyArray_CheckExact(dout):
         return None
     if cache.train is not True or cache.spatial is not False:
         return None
     x = cache.x
-    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
+    cdef int typenum = _plain_batch(x, policy)
     if typenum == 0 or not _plain(dout, 2, typenum):
         return None
     cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)

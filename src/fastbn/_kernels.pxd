@@ -24,6 +24,15 @@ cdef struct Steps:
     Py_ssize_t s0, s1, s2
 
 
+cdef inline Steps _c_steps(Py_ssize_t D) noexcept nogil:
+    """The element strides of a C-ordered (R, D) array."""
+    cdef Steps s
+    s.s0 = D
+    s.s1 = 1
+    s.s2 = 0
+    return s
+
+
 cdef inline Steps _steps(const Py_ssize_t* strides, int ndim,
                          Py_ssize_t itemsize) noexcept nogil:
     """Element strides from a memoryview's byte strides.

@@ -12,6 +12,8 @@ pays (see :data:`STREAM_MIN_BYTES`).
 Every compiled module that calls a kernel (:mod:`fastbn.compiled`,
 :mod:`fastbn.compiled_ln`, :mod:`fastbn.moments`) takes these decisions here.
 """
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from ._alloc import MIN_BYTES, empty_reused
@@ -67,6 +69,16 @@ def _placed(shape, dtype, inputs):
     """``empty_reused(shape, dtype)``, placed away from the large ``inputs``."""
     big = [a.__array_interface__["data"][0] for a in inputs if a.nbytes >= MIN_BYTES]
     return empty_reused(shape, dtype, placement(big))
+
+
+class PlainPolicy(NamedTuple):
+    """What the compiled one-step path of plain (N, D) calls (``_plain.pxd``)
+    asks of the Python side, fixed at import by the module that calls it."""
+    cache_type: type            # cache_type(...) builds the forward's cache
+    threads_for: Callable       # threads_for(size): the team of a threaded call
+    rows_output: Callable       # rows_output(shape, dtype, addresses): a large output
+    serial_below: int           # calls below this many elements run on one thread
+    min_bytes: int              # outputs from this size come from rows_output
 
 
 def rows_output(shape, dtype, addresses):

@@ -29,6 +29,7 @@ Python layer validates everything before calling in: these functions assume
 non-empty, shape-consistent arguments of one dtype.
 """
 from cython.parallel cimport prange
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from cython cimport floating
 
@@ -37,7 +38,14 @@ from fastbn._cheaders cimport (
     fastbn_kernel_isa, fastbn_leave, fastbn_ln_rows_backward_f, fastbn_part_stride,
     fastbn_row_blocks, fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
 )
-from fastbn._kernels cimport Steps, _steps, _chunk_row, _row_chunks, _row_part_stride
+from fastbn._kernels cimport Steps, _c_steps, _steps, _chunk_row, _row_chunks, _row_part_stride
+from fastbn._plain cimport (
+    NPY_DOUBLE, PyArrayObject, PyArray_CheckExact, PyArray_DIMS, PyArray_EMPTY, _data,
+    _import_array, _plain, _plain_output, _plain_rows, _plain_threads, _vector, npy_intp,
+)
+
+_import_array()
+_MISSING = object()
 
 
 def kernel_isa():
@@ -361,44 +369,40 @@ cdef inline bint _column_major(Py_ssize_t R, Py_ssize_t D, Py_ssize_t sr,
 # Python entry points.  All run without the GIL.
 # --------------------------------------------------------------------------
 
+cdef void _forward_c(const floating* xp, Steps xs, floating* yp, Steps ys, Py_ssize_t R,
+                     Py_ssize_t D, const floating* gamma, const floating* beta, double eps,
+                     double* mean, double* invstd, int nthreads) noexcept nogil:
+    """:func:`forward` on raw pointers and element strides."""
+    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
+    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
+    nthreads = fastbn_team(nthreads)
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        if cols:
+            _forward_cols(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
+                          (t + 1) * R // nch, gamma, beta, eps, mean, invstd)
+        else:
+            _forward_rows(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
+                          (t + 1) * R // nch, gamma, beta, eps, mean, invstd)
+    fastbn_leave()
+
+
 def forward(const floating[:, :] x, const floating[::1] gamma,
             const floating[::1] beta, double eps, floating[:, :] out,
             double[::1] mean, double[::1] invstd, int nthreads):
     """Layer-norm forward on (N, D); fills the per-row mean and invstd (float64)."""
-    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
-    cdef Steps ys = _steps(out.strides, 2, sizeof(floating))
-    cdef Py_ssize_t nch = _row_chunks(R, nthreads), t
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &out[0, 0]
-    cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     with nogil:
-        nthreads = fastbn_team(nthreads)
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            if cols:
-                _forward_cols(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
-                              (t + 1) * R // nch, &gamma[0], &beta[0], eps,
-                              &mean[0], &invstd[0])
-            else:
-                _forward_rows(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, D, t * R // nch,
-                              (t + 1) * R // nch, &gamma[0], &beta[0], eps,
-                              &mean[0], &invstd[0])
-    fastbn_leave()
+        _forward_c(&x[0, 0], _steps(x.strides, 2, sizeof(floating)), &out[0, 0],
+                   _steps(out.strides, 2, sizeof(floating)), x.shape[0], x.shape[1], &gamma[0],
+                   &beta[0], eps, &mean[0], &invstd[0], nthreads)
 
 
-def backward(const floating[:, :] x, const floating[:, :] dout,
-             const floating[::1] gamma, const double[::1] mean,
-             const double[::1] invstd, floating[:, :] dx,
-             floating[::1] dgamma, floating[::1] dbeta, int nthreads):
-    """Fused layer-norm backward on (N, D): dx, dgamma and dbeta."""
-    cdef Py_ssize_t R = x.shape[0], D = x.shape[1]
-    cdef Steps xs = _steps(x.strides, 2, sizeof(floating))
-    cdef Steps gs = _steps(dout.strides, 2, sizeof(floating))
-    cdef Steps ds = _steps(dx.strides, 2, sizeof(floating))
+cdef int _backward_c(const floating* xp, Steps xs, const floating* gp, Steps gs,
+                     floating* dp, Steps ds, Py_ssize_t R, Py_ssize_t D,
+                     const floating* gamma, const double* mean, const double* invstd,
+                     floating* dgamma, floating* dbeta, int nthreads) noexcept nogil:
+    """:func:`backward` on raw pointers and element strides; -1 when its
+    scratch cannot be allocated (nothing written then)."""
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
-    cdef const floating* xp = &x[0, 0]
-    cdef const floating* gp = &dout[0, 0]
-    cdef floating* dp = &dx[0, 0]
     # per block: D partial sums for dgamma, then D for dbeta; then their totals
     cdef Py_ssize_t P = _row_part_stride(D), Q = fastbn_part_stride(D, sizeof(float))
     cdef double* part = <double*>malloc((2 * nch * P + 2 * D) * sizeof(double))
@@ -411,30 +415,153 @@ def backward(const floating[:, :] x, const floating[:, :] dout,
     if part == NULL or (lanes and scratch == NULL):
         free(part)
         free(scratch)
-        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+        return -1
     cdef double* sgamma = part + 2 * nch * P
     cdef double* sbeta = sgamma + D
-    with nogil:
-        nthreads = fastbn_team(nthreads)
-        for t in prange(nch, num_threads=nthreads, schedule="static"):
-            if floating is float and lanes:
-                fastbn_ln_rows_backward_f(xp, xs.s0, gp, gs.s0, dp, ds.s0, D, _chunk_row(t, R, nch),
-                                          _chunk_row(t + 1, R, nch), &gamma[0], &mean[0],
-                                          &invstd[0], scratch + 2 * t * Q,
-                                          scratch + (2 * t + 1) * Q, part + 2 * t * P,
-                                          part + (2 * t + 1) * P)
-            elif cols:
-                _backward_cols(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
-                               t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
-                               part + 2 * t * P, part + (2 * t + 1) * P)
-            else:
-                _backward_rows(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
-                               t * R // nch, (t + 1) * R // nch, &gamma[0], &mean[0], &invstd[0],
-                               part + 2 * t * P, part + (2 * t + 1) * P)
-        fastbn_add_row_partials(part, nch, D, sgamma, sbeta)
-        for j in range(D):
-            dgamma[j] = <floating>sgamma[j]
-            dbeta[j] = <floating>sbeta[j]
+    nthreads = fastbn_team(nthreads)
+    for t in prange(nch, num_threads=nthreads, schedule="static"):
+        if floating is float and lanes:
+            fastbn_ln_rows_backward_f(xp, xs.s0, gp, gs.s0, dp, ds.s0, D, _chunk_row(t, R, nch),
+                                      _chunk_row(t + 1, R, nch), gamma, mean, invstd,
+                                      scratch + 2 * t * Q, scratch + (2 * t + 1) * Q,
+                                      part + 2 * t * P, part + (2 * t + 1) * P)
+        elif cols:
+            _backward_cols(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
+                           t * R // nch, (t + 1) * R // nch, gamma, mean, invstd,
+                           part + 2 * t * P, part + (2 * t + 1) * P)
+        else:
+            _backward_rows(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, D,
+                           t * R // nch, (t + 1) * R // nch, gamma, mean, invstd,
+                           part + 2 * t * P, part + (2 * t + 1) * P)
+    fastbn_add_row_partials(part, nch, D, sgamma, sbeta)
+    for j in range(D):
+        dgamma[j] = <floating>sgamma[j]
+        dbeta[j] = <floating>sbeta[j]
     fastbn_leave()
     free(part)
     free(scratch)
+    return 0
+
+
+def backward(const floating[:, :] x, const floating[:, :] dout,
+             const floating[::1] gamma, const double[::1] mean,
+             const double[::1] invstd, floating[:, :] dx,
+             floating[::1] dgamma, floating[::1] dbeta, int nthreads):
+    """Fused layer-norm backward on (N, D): dx, dgamma and dbeta."""
+    cdef int rc
+    with nogil:
+        rc = _backward_c(&x[0, 0], _steps(x.strides, 2, sizeof(floating)), &dout[0, 0],
+                         _steps(dout.strides, 2, sizeof(floating)), &dx[0, 0],
+                         _steps(dx.strides, 2, sizeof(floating)), x.shape[0], x.shape[1],
+                         &gamma[0], &mean[0], &invstd[0], &dgamma[0], &dbeta[0], nthreads)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+
+
+# --------------------------------------------------------------------------
+# Plain calls in one step (as batch norm's, ``_bn.pyx``): C-ordered rows in
+# their plain form are checked here and run on the functions above with the
+# thread count and output the general path would choose, so with the same
+# bits; anything else returns None for the general path.  The checks and
+# outputs: ``_plain.pxd``.
+# --------------------------------------------------------------------------
+
+cdef object _plain_forward(const floating* xp, object x, object gamma, object beta, double eps,
+                           object policy, int typenum):
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef Py_ssize_t R = dims[0], D = dims[1]
+    cdef int nthreads = _plain_threads(policy, R * D)
+    out = _plain_output(policy, x, None, typenum)[0]
+    mean = PyArray_EMPTY(1, dims, NPY_DOUBLE, 0)
+    invstd = PyArray_EMPTY(1, dims, NPY_DOUBLE, 0)
+    cdef floating* yp = <floating*>_data(out)
+    cdef const floating* gp = <const floating*>_data(gamma)
+    cdef const floating* bp = <const floating*>_data(beta)
+    cdef double* mp = <double*>_data(mean)
+    cdef double* ip = <double*>_data(invstd)
+    with nogil:
+        _forward_c(xp, _c_steps(D), yp, _c_steps(D), R, D, gp, bp, eps, mp, ip, nthreads)
+    return out, policy.cache_type(x, gamma, mean, invstd)
+
+
+def plain_layernorm_forward(x, gamma, beta, ln_param, policy):
+    """``layernorm_forward(x, gamma, beta, ln_param)`` for a call in plain
+    form, in one step, or None for the general path.
+
+    Plain: ``x`` a C-contiguous, aligned, non-empty (N, D) float32/float64
+    ndarray with rows below the buffer cache's size; ``gamma`` and ``beta``
+    (D,) ndarrays of x's dtype; ``ln_param`` a dict whose ``eps`` is absent
+    or a finite Python float >= 0.  ``policy``: a
+    :class:`fastbn._layout.PlainPolicy` (``_plain.pxd``).
+    """
+    if type(ln_param) is not dict:
+        return None
+    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
+    if typenum == 0:
+        return None
+    cdef Py_ssize_t D = PyArray_DIMS(<PyArrayObject*>x)[1]
+    if not (_vector(gamma, D, typenum) and _vector(beta, D, typenum)):
+        return None
+    cdef double eps = 1e-5
+    value = (<dict>ln_param).get("eps", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not float:
+            return None
+        eps = value
+    if not (eps >= 0 and isfinite(eps)):
+        return None
+    if typenum == NPY_DOUBLE:
+        return _plain_forward(<const double*>_data(x), x, gamma, beta, eps, policy, typenum)
+    return _plain_forward(<const float*>_data(x), x, gamma, beta, eps, policy, typenum)
+
+
+cdef object _plain_backward(const floating* xp, object x, object dout, object gamma,
+                            object mean, object invstd, object policy, int typenum):
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef Py_ssize_t R = dims[0]
+    cdef npy_intp D = dims[1]
+    cdef int rc, nthreads = _plain_threads(policy, R * D)
+    dx = _plain_output(policy, x, dout, typenum)[0]
+    dgamma = PyArray_EMPTY(1, &D, typenum, 0)
+    dbeta = PyArray_EMPTY(1, &D, typenum, 0)
+    cdef const floating* gp = <const floating*>_data(dout)
+    cdef floating* dp = <floating*>_data(dx)
+    cdef const floating* gam = <const floating*>_data(gamma)
+    cdef const double* mp = <const double*>_data(mean)
+    cdef const double* ip = <const double*>_data(invstd)
+    cdef floating* dgp = <floating*>_data(dgamma)
+    cdef floating* dbp = <floating*>_data(dbeta)
+    with nogil:
+        rc = _backward_c(xp, _c_steps(D), gp, _c_steps(D), dp, _c_steps(D), R, D, gam, mp, ip,
+                         dgp, dbp, nthreads)
+    if rc != 0:
+        raise MemoryError("fastbn: cannot allocate per-thread partial sums")
+    return dx, dgamma, dbeta
+
+
+def plain_layernorm_backward(dout, cache, policy):
+    """``layernorm_backward(dout, cache)`` for a call in plain form, in one
+    step, or None for the general path.
+
+    Plain: ``cache`` an exact ``policy.cache_type`` whose x, gamma, mean and
+    invstd still have the plain form of a forward call, and ``dout`` a
+    C-contiguous, aligned ndarray of x's shape and dtype.
+    """
+    if type(cache) is not policy.cache_type or not PyArray_CheckExact(dout):
+        return None
+    x = cache.x
+    cdef int typenum = _plain_rows(x, <Py_ssize_t>policy.min_bytes)
+    if typenum == 0 or not _plain(dout, 2, typenum):
+        return None
+    cdef npy_intp* dims = PyArray_DIMS(<PyArrayObject*>x)
+    cdef npy_intp* gdims = PyArray_DIMS(<PyArrayObject*>dout)
+    if gdims[0] != dims[0] or gdims[1] != dims[1]:
+        return None
+    gamma, mean, invstd = cache.gamma, cache.mean, cache.invstd
+    if not (_vector(gamma, dims[1], typenum) and _vector(mean, dims[0], NPY_DOUBLE)
+            and _vector(invstd, dims[0], NPY_DOUBLE)):
+        return None
+    if typenum == NPY_DOUBLE:
+        return _plain_backward(<const double*>_data(x), x, dout, gamma, mean, invstd, policy,
+                               typenum)
+    return _plain_backward(<const float*>_data(x), x, dout, gamma, mean, invstd, policy, typenum)

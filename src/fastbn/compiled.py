@@ -7,7 +7,6 @@ mode.  Arrays are handed to the kernels as strided views, never transposed
 copies: an ``(N, D)`` C-ordered array and a channels-last 4-D array go to the
 row kernels, NCHW and Fortran-ordered arrays to the channel kernels.
 """
-import collections
 import math
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from ._config import SERIAL_BELOW, threads_for
 from ._dispatch import KERNEL_ISA, matching_build  # noqa: F401 (KERNEL_ISA re-exported)
 from ._alloc import MIN_BYTES
-from ._layout import kernel_view, output, rows_output, uses_rows
+from ._layout import PlainPolicy, kernel_view, output, rows_output, uses_rows
 from ._validation import (check_batchnorm_args, check_cache_arrays, check_dout,
                           store_running, warn_batch_of_one)
 # layer normalization lives in its own module; re-exported so this module
@@ -58,11 +57,7 @@ class BatchNormCache:
         return f"<fastbn {kind} cache, mode={mode!r}, x{self.x.shape} {self.x.dtype}>"
 
 
-PlainPolicy = collections.namedtuple(
-    "PlainPolicy", "cache_type threads_for rows_output serial_below min_bytes")
-PlainPolicy.__doc__ = """What the one-step path of plain (N, D) calls
-(``_bn.plain_batchnorm_forward``/``_backward``) asks of the Python side: the
-cache type, the team size of a threaded call, where a large output goes."""
+# what the one-step path of plain (N, D) calls asks of this side (_plain.pxd)
 _PLAIN = PlainPolicy(BatchNormCache, threads_for, rows_output, SERIAL_BELOW, MIN_BYTES)
 
 

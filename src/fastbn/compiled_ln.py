@@ -9,9 +9,10 @@ standard deviation in float64.
 """
 import numpy as np
 
-from ._config import threads_for
+from ._alloc import MIN_BYTES
+from ._config import SERIAL_BELOW, threads_for
 from ._dispatch import matching_build
-from ._layout import empty_like_order
+from ._layout import PlainPolicy, empty_like_order, rows_output
 from ._validation import check_cache_arrays, check_dout, check_layernorm_args, check_out
 
 _ln = matching_build("_ln")
@@ -38,6 +39,10 @@ class LayerNormCache:
 
     def __repr__(self):
         return f"<fastbn layernorm cache, x{self.x.shape} {self.x.dtype}>"
+
+
+# what the one-step path of plain calls asks of this side (_plain.pxd)
+_PLAIN = PlainPolicy(LayerNormCache, threads_for, rows_output, SERIAL_BELOW, MIN_BYTES)
 
 
 def layernorm_forward(x, gamma, beta, ln_param, out=None):
@@ -76,6 +81,10 @@ def layernorm_forward(x, gamma, beta, ln_param, out=None):
     >>> np.allclose(out.mean(axis=1), 0), np.allclose(out.std(axis=1), 1, atol=1e-4)
     (True, True)
     """
+    if out is None:
+        got = _ln.plain_layernorm_forward(x, gamma, beta, ln_param, _PLAIN)
+        if got is not None:
+            return got
     p = check_layernorm_args(x, gamma, beta, ln_param)
     x = p.x
     if out is None:
@@ -142,6 +151,10 @@ def layernorm_backward(dout, cache, dx=None):
     >>> dx.shape, dgamma.shape, np.allclose(dx, 0)
     ((4, 100), (100,), True)
     """
+    if dx is None:
+        got = _ln.plain_layernorm_backward(dout, cache, _PLAIN)
+        if got is not None:
+            return got
     c = _check_cache(cache)
     x = c.x
     dout = check_dout(dout, x)
