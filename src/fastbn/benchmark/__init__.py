@@ -16,6 +16,9 @@ One subpackage, one job per module:
   to a CPU hog it starts itself;
 * :mod:`~fastbn.benchmark.pytest_plugin`: the ``bench/`` pytest-benchmark
   suite's hooks (the speedup summary and the ratios in its JSON);
+* :mod:`~fastbn.benchmark.inner_loops`: the kernels' inner loops read from
+  the built modules (``objdump``): instructions per element and, with
+  ``llvm-mca``, cycles per element on a CPU model;
 * :mod:`~fastbn.benchmark.cli`: ``fastbn bench`` and
   ``python -m fastbn.benchmark``.
 
