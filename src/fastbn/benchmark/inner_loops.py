@@ -97,6 +97,7 @@ class Insn:
     op: str
     args: str
     label: str
+    intrinsic: bool = False  # from an intrinsic (hand-written vector code)
 
 
 @dataclass
@@ -110,6 +111,14 @@ class Loop:
     itemsize: int = 0
     step: int = 0
     mca: dict = field(default_factory=dict)
+
+    @property
+    def hand_written(self):
+        """Built from intrinsics: the kernel's own vector loop, not a loop
+        the compiler vectorized (such as a remainder loop, which in a wider
+        build than the intrinsics' may get wider vectors but runs for the
+        last few elements only)."""
+        return any(i.intrinsic for i in self.body)
 
     @property
     def rows(self):
@@ -138,23 +147,24 @@ def disassemble(path, objdump="objdump"):
     (debug info) it comes from, grouped per symbol."""
     text = subprocess.run([objdump, "-d", "-l", "--no-show-raw-insn", path], check=True,
                           capture_output=True, text=True).stdout
-    symbols, current, label = {}, None, ""
+    symbols, current, label, intrinsic = {}, None, "", False
     for line in text.splitlines():
         m = _SYMBOL.match(line)
         if m:
             current = symbols.setdefault(m.group(1), [])
-            label = m.group(1)
+            label, intrinsic = m.group(1), False
             continue
         m = _LABEL.match(line)
         if m:
             name = m.group(1)
-            if not name.startswith("_mm") and not HELPERS.match(name):
+            intrinsic = name.startswith("_mm")
+            if not intrinsic and not HELPERS.match(name):
                 label = name
             continue
         m = _INSN.match(line)
         if m and current is not None:
             args = m.group(3).split("#")[0].strip()
-            current.append(Insn(int(m.group(1), 16), m.group(2), args, label))
+            current.append(Insn(int(m.group(1), 16), m.group(2), args, label, intrinsic))
     return symbols
 
 
@@ -280,8 +290,9 @@ def contiguous(loops):
 
 def pass_rows(loops):
     """(pass, loop) per PASSES entry, dtype and build: the function's loop
-    with the widest vectors, most elements per iteration and fewest
-    instructions, from the first module of MODULES that has it."""
+    from the first module of MODULES that has it -- a hand-written one where
+    the function has any, then the widest vectors, the most elements per
+    iteration, the fewest instructions."""
     rows = []
     builds = list(dict.fromkeys(lp.build for lp in loops))
     for itemsize, dtype in ((4, "float32"), (8, "float64")):
@@ -295,7 +306,7 @@ def pass_rows(loops):
                     continue
                 first = min(MODULES.index(c.module) for c in cands)
                 best = max((c for c in cands if c.module == MODULES[first]),
-                           key=lambda c: (c.width, c.elements, -c.insns))
+                           key=lambda c: (c.hand_written, c.width, c.elements, -c.insns))
                 rows.append((f"{name}, {dtype}", best))
     return rows
 
