@@ -211,9 +211,18 @@ def _step(body, itemsize):
         v = bumps.most_common(1)[0][0]
         return v // itemsize if v > 0 and v % itemsize == 0 else 0
     (idx, scale), _ = scales.most_common(1)[0]
+    # the index may be a copy of the register that is stepped (mov chains)
+    copies = {}
+    for i in body:
+        m = re.match(r"^(%\w+),(%\w+)$", i.args)
+        if i.op == "mov" and m:
+            copies[m.group(2)] = m.group(1)
+    chain = [idx]
+    while chain[-1] in copies and copies[chain[-1]] not in chain and len(chain) < 8:
+        chain.append(copies[chain[-1]])
     for i in body:
         m = re.match(r"^\$(0x[0-9a-f]+|\d+),(%\w+)$", i.args)
-        if i.op == "add" and m and m.group(2) == idx:
+        if i.op == "add" and m and m.group(2) in chain:
             v = int(m.group(1), 0) * scale
             return v // itemsize if v % itemsize == 0 else 0
     return 0
