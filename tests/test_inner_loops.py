@@ -89,3 +89,10 @@ def test_cli_table_of_the_build_in_use(loops, capsys, tmp_path):
     assert printed.strip() == out.read_text().strip()
     lines = [ln for ln in printed.splitlines() if "`fastbn_block8_sums_f`" in ln]
     assert len(lines) == 1 and f"| {build} | {LANES[build]} |" in lines[0]
+
+
+def test_cli_refuses_an_unknown_build(capsys):
+    with pytest.raises(SystemExit) as exc:
+        inner_loops.main(["--builds", "sse9"])
+    assert exc.value.code == 2
+    assert "--builds" in capsys.readouterr().err

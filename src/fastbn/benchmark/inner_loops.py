@@ -106,7 +106,6 @@ class Loop:
     build: str           # "baseline", "avx2", "avx512"
     function: str
     body: list
-    copies: int = 1
     width: int = 0
     itemsize: int = 0
     step: int = 0
@@ -230,7 +229,8 @@ def _step(body, itemsize):
 
 def find_loops(module, build, symbols, min_vector=4):
     """Single-block loops with at least min_vector vector instructions, one
-    entry per (function, instruction sequence) with the count of copies."""
+    entry per (function, instruction sequence): a kernel inlined in several
+    places shows once."""
     found = {}
     for insns in symbols.values():
         index = {i.addr: k for k, i in enumerate(insns)}
@@ -252,7 +252,6 @@ def find_loops(module, build, symbols, min_vector=4):
             function = _kernel_name(labels.most_common(1)[0][0])
             key = (function, tuple(b.op for b in body))
             if key in found:
-                found[key].copies += 1
                 continue
             loop = Loop(module, build, function, body)
             lanes, loop.itemsize = _vector_info(body)
@@ -339,6 +338,7 @@ def table(rows, mcpus):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--builds", nargs="+", default=[_dispatch.KERNEL_ISA],
+                    choices=[b for b in _dispatch.KERNEL_BUILDS if b != "auto"],
                     help="kernel builds to read (default: the one in use)")
     ap.add_argument("--mcpu", nargs="*", default=["sapphirerapids", "znver3"],
                     help="llvm-mca CPU models (default: sapphirerapids znver3; "
