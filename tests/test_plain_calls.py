@@ -1,5 +1,6 @@
 """Calls in plain form run in one step (``_bn.plain_batchnorm_forward`` and
-``plain_batchnorm_backward``); they must give the general path's bits and
+``plain_batchnorm_backward``, ``_ln.plain_layernorm_forward`` and
+``plain_layernorm_backward``); they must give the general path's bits and
 state, with its thread count and its placement of large outputs, and every
 call outside the plain form must still take the general path (which
 converts, warns or raises)."""
@@ -37,6 +38,23 @@ def _case(rng, shape, dtype, offset=0.0):
     return x, gamma, beta, dout
 
 
+def _assert_same_forward(out, cache, want, wcache, dtype):
+    """The one-step output and per-feature (per-row) statistics are the general path's."""
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == dtype and out.flags.c_contiguous
+    for name in ("mean", "invstd"):
+        np.testing.assert_array_equal(getattr(cache, name), getattr(wcache, name))
+
+
+def _assert_same_grads(fast, public, slow, dtype):
+    """The one-step gradients, and the public function's, are the general path's."""
+    for a, b in zip(fast, slow):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(public, slow):
+        np.testing.assert_array_equal(a, b)
+
+
 def _plain_fast(x, gamma, beta, bn_param):
     return compiled._bn.plain_batchnorm_forward(x, gamma, beta, bn_param, compiled._PLAIN)
 
@@ -59,10 +77,7 @@ def test_plain_calls_give_the_general_paths_bits(rng, shape, dtype, running):
     assert got is not None, "a plain call took the general path"
     out, cache = got
     want, wcache = compiled.batchnorm_forward(x, gamma, beta, slow_param, out=np.empty_like(x))
-    np.testing.assert_array_equal(out, want)
-    assert out.dtype == dtype and out.flags.c_contiguous
-    for name in ("mean", "invstd"):
-        np.testing.assert_array_equal(getattr(cache, name), getattr(wcache, name))
+    _assert_same_forward(out, cache, want, wcache, dtype)
     for key in ("running_mean", "running_var"):
         assert fast_param[key].dtype == dtype
         np.testing.assert_array_equal(fast_param[key], slow_param[key])
@@ -74,11 +89,7 @@ def test_plain_calls_give_the_general_paths_bits(rng, shape, dtype, running):
     fast = compiled._bn.plain_batchnorm_backward(dout, cache, compiled._PLAIN)
     assert fast is not None
     slow = compiled.batchnorm_backward(dout, wcache, dx=np.empty_like(x))
-    for a, b in zip(fast, slow):
-        assert a.dtype == dtype
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(compiled.batchnorm_backward_alt(dout, cache), slow):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_grads(fast, compiled.batchnorm_backward_alt(dout, cache), slow, dtype)
 
 
 def _forms(rng):
@@ -104,6 +115,7 @@ def _forms(rng):
     yield "batch of one", x[:1], g, b, {"mode": "train"}
     yield "one feature", x[:, :1].copy(), g[:1], b[:1], {"mode": "train"}
     yield "momentum above 1", x, g, b, {"mode": "train", "momentum": 1.5}
+    yield "integer momentum", x, g, b, {"mode": "train", "momentum": 1}
     yield "no mode", x, g, b, {}
     yield "bytes mode", x, g, b, {"mode": b"train"}
     yield "big-endian x", x.astype(">f8"), g, b, {"mode": "train"}
@@ -117,7 +129,7 @@ def test_calls_outside_the_plain_form_take_the_general_path(rng):
     for label, x, g, b, p in _forms(rng):
         assert _plain_fast(x, g, b, dict(p)) is None, label
         seen += 1
-    assert seen == 21
+    assert seen == 22
     class Params(dict):
         pass
     x, g, b, _ = _case(rng, (6, 4), np.float64)
@@ -234,19 +246,12 @@ def test_plain_layernorm_calls_give_the_general_paths_bits(rng, shape, dtype):
         out, cache = got
         want, wcache = compiled_ln.layernorm_forward(x, gamma, beta, ln_param,
                                                      out=np.empty_like(x))
-        np.testing.assert_array_equal(out, want)
-        assert out.dtype == dtype and out.flags.c_contiguous
-        for name in ("mean", "invstd"):
-            np.testing.assert_array_equal(getattr(cache, name), getattr(wcache, name))
+        _assert_same_forward(out, cache, want, wcache, dtype)
         assert cache.x is x and cache.gamma is gamma
         fast = _ln.plain_layernorm_backward(dout, cache, policy)
         assert fast is not None
         slow = compiled_ln.layernorm_backward(dout, wcache, dx=np.empty_like(x))
-        for a, b in zip(fast, slow):
-            assert a.dtype == dtype
-            np.testing.assert_array_equal(a, b)
-        for a, b in zip(compiled_ln.layernorm_backward(dout, cache), slow):
-            np.testing.assert_array_equal(a, b)
+        _assert_same_grads(fast, compiled_ln.layernorm_backward(dout, cache), slow, dtype)
 
 
 def test_layernorm_calls_outside_the_plain_form_take_the_general_path(rng):
@@ -259,6 +264,7 @@ def test_layernorm_calls_outside_the_plain_form_take_the_general_path(rng):
              ("strided x", np.repeat(x, 2, axis=1)[:, ::2], g, b, {}),
              ("empty x", x[:0], g, b, {}),
              ("integer eps", x, g, b, {"eps": 1}),
+             ("numpy eps", x, g, b, {"eps": np.float32(1e-5)}),
              ("negative eps", x, g, b, {"eps": -1.0}),
              ("nan eps", x, g, b, {"eps": float("nan")}),
              ("mapping", x, g, b, type("P", (dict,), {})()),
