@@ -41,7 +41,8 @@ from fastbn._cheaders cimport (
 )
 from fastbn._plain cimport (
     NPY_DOUBLE, PyArrayObject, PyArray_CheckExact, PyArray_DIMS, PyArray_EMPTY, _data,
-    _import_array, _plain, _plain_output, _plain_rows, _plain_threads, _vector, npy_intp,
+    _import_array, _plain, _plain_float, _plain_output, _plain_rows, _plain_threads, _vector,
+    npy_intp,
 )
 from fastbn._kernels cimport (
     Steps, _c_steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_normalize_all,
@@ -52,7 +53,6 @@ from fastbn._kernels cimport (
 
 
 _import_array()
-_MISSING = object()
 
 
 def _active_calls():
@@ -461,16 +461,8 @@ def plain_batchnorm_forward(x, gamma, beta, bn_param, policy):
     if type(mode) is not str or mode != "train":
         return None
     cdef double eps = 1e-5, momentum = 0.9
-    value = bn_param.get("eps", _MISSING)
-    if value is not _MISSING:
-        if type(value) is not float:
-            return None
-        eps = value
-    value = bn_param.get("momentum", _MISSING)
-    if value is not _MISSING:
-        if type(value) is not float:
-            return None
-        momentum = value
+    if not (_plain_float(bn_param, "eps", &eps) and _plain_float(bn_param, "momentum", &momentum)):
+        return None
     if not (eps > 0 and isfinite(eps) and 0 <= momentum <= 1):
         return None
     rm = bn_param.get("running_mean")

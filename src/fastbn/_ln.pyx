@@ -41,11 +41,11 @@ from fastbn._cheaders cimport (
 from fastbn._kernels cimport Steps, _c_steps, _steps, _chunk_row, _row_chunks, _row_part_stride
 from fastbn._plain cimport (
     NPY_DOUBLE, PyArrayObject, PyArray_CheckExact, PyArray_DIMS, PyArray_EMPTY, _data,
-    _import_array, _plain, _plain_output, _plain_rows, _plain_threads, _vector, npy_intp,
+    _import_array, _plain, _plain_float, _plain_output, _plain_rows, _plain_threads, _vector,
+    npy_intp,
 )
 
 _import_array()
-_MISSING = object()
 
 
 def kernel_isa():
@@ -503,11 +503,8 @@ def plain_layernorm_forward(x, gamma, beta, ln_param, policy):
     if not (_vector(gamma, D, typenum) and _vector(beta, D, typenum)):
         return None
     cdef double eps = 1e-5
-    value = (<dict>ln_param).get("eps", _MISSING)
-    if value is not _MISSING:
-        if type(value) is not float:
-            return None
-        eps = value
+    if not _plain_float(<dict>ln_param, "eps", &eps):
+        return None
     if not (eps >= 0 and isfinite(eps)):
         return None
     if typenum == NPY_DOUBLE:

@@ -50,6 +50,19 @@ cdef inline bint _plain(object a, int ndim, int typenum) noexcept:
             and (PyArray_FLAGS(p) & NPY_ARRAY_ALIGNED) != 0)
 
 
+cdef inline bint _plain_float(dict d, str key, double* value) except -1:
+    """False when ``d[key]`` is present and not a Python float (the general
+    path then converts or raises); else True, with ``value`` set to it when
+    present and left as it is (the default) when absent."""
+    if key not in d:
+        return True
+    v = d[key]
+    if type(v) is not float:
+        return False
+    value[0] = v
+    return True
+
+
 cdef inline bint _vector(object a, Py_ssize_t n, int typenum) noexcept:
     return _plain(a, 1, typenum) and PyArray_DIMS(<PyArrayObject*>a)[0] == n
 

@@ -82,7 +82,6 @@ HELPERS = re.compile(r"fastbn_(vf|vd|vfacc|hsum|center_fold|blend|dx_coef|prefet
 _INSN = re.compile(r"^\s*([0-9a-f]+):\t(\S+)\s*(.*)$")
 _SYMBOL = re.compile(r"^[0-9a-f]+ <(.+)>:$")
 _LABEL = re.compile(r"^([A-Za-z_][\w.]*)\(\):$")
-_SOURCE = re.compile(r"^(/.*?):(\d+)")
 _JUMP = re.compile(r"^j(?!mp)[a-z]+$")
 _TARGET = re.compile(r"^([0-9a-f]+) <")
 _VECTOR = re.compile(r"%[xyz]mm\d+")
