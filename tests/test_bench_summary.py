@@ -176,3 +176,36 @@ def test_warm_heap_keeps_freed_memory():
     ok, cold, warm = proc.stdout.split()
     assert ok == "True"
     assert float(warm) < float(cold) / 4, (cold, warm)
+
+
+SLOW_FIRST_SUITE = """
+import time
+from fastbn.benchmark.pytest_plugin import benchmark_warm
+
+calls = []
+
+def fn():
+    calls.append(None)
+    if len(calls) == 1:
+        time.sleep(0.2)            # a first call that pays for later ones
+
+def test_slow_first_call(benchmark):
+    benchmark_warm(benchmark, fn)
+"""
+
+
+def test_rounds_are_sized_from_a_warm_call(tmp_path):
+    """A slow first call does not decide the number of rounds: with a 0.5 s
+    budget, a call sized from the 0.2 s first call would get the minimum
+    of 3 rounds."""
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_tiny.py").write_text(SLOW_FIRST_SUITE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+         "--benchmark-min-rounds=3", "--benchmark-max-time=0.5", "--benchmark-warmup=off",
+         "--benchmark-json=run.json", "test_tiny.py"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300, check=True)
+    stats = json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["stats"]
+    assert stats["rounds"] > 100
+    assert stats["max"] < 0.1

@@ -14,7 +14,8 @@ the threads and the library versions.  The times are pytest-benchmark's own
   on whatever else the process allocated.  PyTorch's rows are then its best
   case, labelled "torch warm" like the ``fastbn bench`` column they match;
 * :func:`bench_case` runs one implementation of one case through the
-  ``benchmark`` fixture and records the case in ``extra_info``;
+  ``benchmark`` fixture (after a few untimed calls, :func:`benchmark_warm`)
+  and records the case in ``extra_info``;
 * :func:`pytest_benchmark_update_json` writes each case's ratios into the
   ``extra_info`` of its fastbn benchmark in ``--benchmark-json`` and
   ``--benchmark-save`` files, and the machine and build into the file;
@@ -91,9 +92,28 @@ def bench_case(benchmark, case, direction, impl, torch=None, arrays=None):
         # 10-100x slower: a fixed few rounds keep the suite short
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     else:
-        benchmark(fn)
+        benchmark_warm(benchmark, fn)
     benchmark.extra_info["faults_per_call"] = _faults_per_call(
         fn, calls=2 if impl == "reference" else 10)
+
+
+WARM_CALLS = 3
+
+
+def benchmark_warm(benchmark, fn, warm_calls=WARM_CALLS):
+    """``benchmark(fn)`` after ``warm_calls`` untimed calls.
+
+    pytest-benchmark sizes its rounds from one calibration call
+    (``--benchmark-max-time`` over that call's time).  A first call pays for
+    what later calls reuse -- each page of a fresh 51 MB output faults in,
+    an allocator grows its heap -- so a 5 ms case whose first call takes
+    100 ms gets 10 rounds of a 1 s budget, too few for a reliable best
+    time.  Warm calls first make the calibration see the call that is then
+    timed.
+    """
+    for _ in range(warm_calls):
+        fn()
+    return benchmark(fn)
 
 
 def _run_facts():
