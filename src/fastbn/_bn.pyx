@@ -36,7 +36,7 @@ from fastbn._cheaders cimport (
     fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
     fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma,
     fastbn_cpu_has_avx512, fastbn_dx_centered, fastbn_dx_coef, fastbn_finish1,
-    fastbn_finish_moments_v, fastbn_fold_forward,
+    fastbn_finish_moments_v, fastbn_fold_forward, fastbn_free64, fastbn_malloc64,
     fastbn_kernel_isa, fastbn_leave, fastbn_team, fastbn_team_size,
 )
 from fastbn._plain cimport (
@@ -100,11 +100,11 @@ cdef int _rows_forward_train_c(const floating* xp, Steps xs, floating* yp, Steps
     -1 when its scratch cannot be allocated (nothing written then)."""
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef Py_ssize_t P = _row_part_stride(D)
-    cdef double* part = <double*>malloc((2 * nch * P + 3 * D) * sizeof(double))
-    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    cdef double* part = <double*>fastbn_malloc64((2 * nch * P + 3 * D) * sizeof(double))
+    cdef floating* coef = <floating*>fastbn_malloc64(3 * D * sizeof(floating))
     if part == NULL or coef == NULL:
-        free(part)
-        free(coef)
+        fastbn_free64(part)
+        fastbn_free64(coef)
         return -1
     cdef double* center = part + 2 * nch * P
     cdef double* s1 = center + D
@@ -118,8 +118,8 @@ cdef int _rows_forward_train_c(const floating* xp, Steps xs, floating* yp, Steps
                         running_mean, running_var, momentum, new_mean, new_var)
     _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef, stream)
     fastbn_leave()
-    free(part)
-    free(coef)
+    fastbn_free64(part)
+    fastbn_free64(coef)
     return 0
 
 
@@ -213,7 +213,7 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &out[0, 0]
-    cdef floating* coef = <floating*>malloc(3 * D * sizeof(floating))
+    cdef floating* coef = <floating*>fastbn_malloc64(3 * D * sizeof(floating))
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
@@ -223,7 +223,7 @@ def rows_normalize(const floating[:, :] x, const double[::1] mean,
         _rows_normalize_all(xp, xs.s0, xs.s1, yp, ys.s0, ys.s1, R, D, nch, nthreads, coef,
                             stream)
     fastbn_leave()
-    free(coef)
+    fastbn_free64(coef)
 
 
 def chans_normalize(const floating[:, :, :] x, const double[::1] mean,
@@ -261,11 +261,11 @@ cdef int _rows_backward_c(const floating* xp, Steps xs, const floating* gp, Step
     scratch cannot be allocated (nothing written then)."""
     cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef Py_ssize_t P = _row_part_stride(D)
-    cdef double* part = <double*>malloc((2 * nch * P + 2 * D) * sizeof(double))
-    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
+    cdef double* part = <double*>fastbn_malloc64((2 * nch * P + 2 * D) * sizeof(double))
+    cdef floating* coef = <floating*>fastbn_malloc64(4 * D * sizeof(floating))
     if part == NULL or coef == NULL:
-        free(part)
-        free(coef)
+        fastbn_free64(part)
+        fastbn_free64(coef)
         return -1
     cdef double* sdy = part + 2 * nch * P
     cdef double* sdyx = sdy + D
@@ -277,8 +277,8 @@ cdef int _rows_backward_c(const floating* xp, Steps xs, const floating* gp, Step
     _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
                  coef, stream)
     fastbn_leave()
-    free(part)
-    free(coef)
+    fastbn_free64(part)
+    fastbn_free64(coef)
     return 0
 
 

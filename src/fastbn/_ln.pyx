@@ -30,11 +30,11 @@ non-empty, shape-consistent arguments of one dtype.
 """
 from cython.parallel cimport prange
 from libc.math cimport isfinite
-from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._cheaders cimport (
     FASTBN_SUM_ROWS, fastbn_active, fastbn_add_row_partials, fastbn_center_fold, fastbn_finish1,
+    fastbn_free64, fastbn_malloc64,
     fastbn_kernel_isa, fastbn_leave, fastbn_ln_rows_backward_f, fastbn_part_stride,
     fastbn_row_blocks, fastbn_rows_sums, fastbn_seg_sums, fastbn_team, fastbn_team_size,
 )
@@ -415,19 +415,16 @@ cdef int _backward_c(const floating* xp, Steps xs, const floating* gp, Steps gs,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), t, j
     # per block: D partial sums for dgamma, then D for dbeta; then their totals
     cdef Py_ssize_t P = _row_part_stride(D), Q = fastbn_part_stride(D, sizeof(float))
-    cdef double* part = <double*>malloc((2 * nch * P + 2 * D) * sizeof(double))
+    cdef double* part = <double*>fastbn_malloc64((2 * nch * P + 2 * D) * sizeof(double))
     cdef bint cols = _column_major(R, D, xs.s0, xs.s1)
     # contiguous float32 rows: the float32-lane kernel, with D floats of
     # column scratch twice per thread
     cdef bint lanes = (floating is float and not cols and xs.s1 == 1 and gs.s1 == 1
                        and ds.s1 == 1)
-    # 64-byte aligned: the kernel loads and stores it a vector at a time, and
-    # an AVX-512 vector at malloc's 16 mod 64 splits a cache line every time
-    cdef void* scratch_mem = malloc(2 * nch * Q * sizeof(float) + 64) if lanes else NULL
-    cdef float* scratch = <float*>((<size_t>scratch_mem + 63) & ~(<size_t>63))
-    if part == NULL or (lanes and scratch_mem == NULL):
-        free(part)
-        free(scratch_mem)
+    cdef float* scratch = <float*>fastbn_malloc64(2 * nch * Q * sizeof(float)) if lanes else NULL
+    if part == NULL or (lanes and scratch == NULL):
+        fastbn_free64(part)
+        fastbn_free64(scratch)
         return -1
     cdef double* sgamma = part + 2 * nch * P
     cdef double* sbeta = sgamma + D
@@ -451,8 +448,8 @@ cdef int _backward_c(const floating* xp, Steps xs, const floating* gp, Steps gs,
         dgamma[j] = <floating>sgamma[j]
         dbeta[j] = <floating>sbeta[j]
     fastbn_leave()
-    free(part)
-    free(scratch_mem)
+    fastbn_free64(part)
+    fastbn_free64(scratch)
     return 0
 
 

@@ -240,11 +240,11 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
     {                                                                                              \
         Py_ssize_t Cg = C / G, k, h, w, g;                                                         \
         double M = (double)Cg * (double)H * (double)W;                                             \
-        double *s = (double *)malloc(2 * C * sizeof(double));                                      \
-        T *cf = (T *)malloc(3 * C * sizeof(T));                                                    \
+        double *s = (double *)fastbn_malloc64(2 * C * sizeof(double));                             \
+        T *cf = (T *)fastbn_malloc64(3 * C * sizeof(T));                                           \
         if (s == NULL || cf == NULL) {                                                             \
-            free(s);                                                                               \
-            free(cf);                                                                              \
+            fastbn_free64(s);                                                                      \
+            fastbn_free64(cf);                                                                     \
             return -1;                                                                             \
         }                                                                                          \
         {                                                                                          \
@@ -306,8 +306,8 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
                     }                                                                              \
                 }                                                                                  \
         }                                                                                          \
-        free(s);                                                                                   \
-        free(cf);                                                                                  \
+        fastbn_free64(s);                                                                          \
+        fastbn_free64(cf);                                                                         \
         return 0;                                                                                  \
     }                                                                                              \
                                                                                                    \
@@ -318,11 +318,11 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
     {                                                                                              \
         Py_ssize_t Cg = C / G, k, h, w, g;                                                         \
         double M = (double)Cg * (double)H * (double)W;                                             \
-        double *s = (double *)malloc(2 * C * sizeof(double));                                      \
-        T *cf = (T *)malloc(4 * C * sizeof(T));                                                    \
+        double *s = (double *)fastbn_malloc64(2 * C * sizeof(double));                             \
+        T *cf = (T *)fastbn_malloc64(4 * C * sizeof(T));                                           \
         if (s == NULL || cf == NULL) {                                                             \
-            free(s);                                                                               \
-            free(cf);                                                                              \
+            fastbn_free64(s);                                                                      \
+            fastbn_free64(cf);                                                                     \
             return -1;                                                                             \
         }                                                                                          \
         {                                                                                          \
@@ -386,8 +386,8 @@ static inline void fastbn_gn_finish(double s1, double s2, double n, double cente
                     }                                                                              \
                 }                                                                                  \
         }                                                                                          \
-        free(s);                                                                                   \
-        free(cf);                                                                                  \
+        fastbn_free64(s);                                                                          \
+        fastbn_free64(cf);                                                                         \
         return 0;                                                                                  \
     }
 

@@ -9,6 +9,8 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 
 #if defined(_MSC_VER)
 #define FASTBN_RESTRICT __restrict
@@ -115,6 +117,29 @@ static inline void fastbn_prefetch(const void *p, Py_ssize_t nbytes)
 static inline void fastbn_prefetch_w(void *p, Py_ssize_t nbytes)
 {
     fastbn_prefetch_for(p, nbytes, 1);
+}
+
+/* Scratch that vector loops load and store (coefficient vectors, column
+   partials): malloc returns large blocks 16 bytes into a cache line, where
+   every other AVX2 vector and every AVX-512 vector splits across two lines.
+   fastbn_malloc64 returns memory starting on a 64-byte boundary (the block
+   malloc gave is kept just before it), NULL when there is none; free it
+   with fastbn_free64, which takes NULL. */
+static inline void *fastbn_malloc64(size_t n)
+{
+    unsigned char *raw = (unsigned char *)malloc(n + 64 + sizeof(void *));
+    uintptr_t a;
+    if (raw == NULL)
+        return NULL;
+    a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
+    ((void **)a)[-1] = raw;
+    return (void *)a;
+}
+
+static inline void fastbn_free64(void *p)
+{
+    if (p != NULL)
+        free(((void **)p)[-1]);
 }
 
 #endif /* FASTBN_SIMD_H */
