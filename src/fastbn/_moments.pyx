@@ -25,8 +25,8 @@ from libc.stdlib cimport malloc, free
 from cython cimport floating
 
 from fastbn._cheaders cimport (
-    fastbn_active, fastbn_dx_centered, fastbn_kernel_isa, fastbn_leave, fastbn_team,
-    fastbn_team_size,
+    fastbn_active, fastbn_dx_centered, fastbn_free64, fastbn_kernel_isa, fastbn_leave,
+    fastbn_malloc64, fastbn_team, fastbn_team_size,
 )
 from fastbn._kernels cimport (
     Steps, _steps, _chans_dx_all, _chans_grad_sums_all, _chans_sums_all, _channel_split,
@@ -76,7 +76,7 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads), j
     cdef const floating* xp = &x[0, 0]
     cdef Py_ssize_t P = _row_part_stride(D)
-    cdef double* part = <double*>malloc((2 * nch * P + 3 * D) * sizeof(double))
+    cdef double* part = <double*>fastbn_malloc64((2 * nch * P + 3 * D) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     cdef double* center = part + 2 * nch * P
@@ -90,7 +90,7 @@ def rows_moments(const floating[:, :] x, double[::1] mean, double[::1] m2,
         for j in range(D):
             _moments_from_sums(s1[j], s2[j], <double>R, center[j], &mean[j], &m2[j])
     fastbn_leave()
-    free(part)
+    fastbn_free64(part)
 
 
 def chans_moments(const floating[:, :, :] x, double[::1] mean, double[::1] m2,
@@ -190,7 +190,8 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
     cdef Py_ssize_t nch = _row_chunks(R, nthreads)
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
-    cdef double* part = <double*>malloc(2 * nch * _row_part_stride(D) * sizeof(double))
+    cdef double* part = <double*>fastbn_malloc64(
+        2 * nch * _row_part_stride(D) * sizeof(double))
     if part == NULL:
         raise MemoryError("fastbn: cannot allocate per-thread partial sums")
     with nogil:
@@ -198,7 +199,7 @@ def rows_grad_sums(const floating[:, :] x, const floating[:, :] dout,
         _rows_grad_sums_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, R, D, nch, nthreads, &mean[0], part,
                             &sdy[0], &sdyx[0])
     fastbn_leave()
-    free(part)
+    fastbn_free64(part)
 
 
 def chans_grad_sums(const floating[:, :, :] x, const floating[:, :, :] dout,
@@ -241,7 +242,7 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
     cdef const floating* xp = &x[0, 0]
     cdef const floating* gp = &dout[0, 0]
     cdef floating* dp = &dx[0, 0]
-    cdef floating* coef = <floating*>malloc(4 * D * sizeof(floating))
+    cdef floating* coef = <floating*>fastbn_malloc64(4 * D * sizeof(floating))
     if coef == NULL:
         raise MemoryError("fastbn: cannot allocate coefficients")
     with nogil:
@@ -252,7 +253,7 @@ def rows_dx(const floating[:, :] x, const floating[:, :] dout, const double[::1]
         _rows_dx_all(xp, xs.s0, xs.s1, gp, gs.s0, gs.s1, dp, ds.s0, ds.s1, R, D, nch, nthreads,
                      coef, stream)
     fastbn_leave()
-    free(coef)
+    fastbn_free64(coef)
 
 
 def chans_dx(const floating[:, :, :] x, const floating[:, :, :] dout,

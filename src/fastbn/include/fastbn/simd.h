@@ -127,8 +127,11 @@ static inline void fastbn_prefetch_w(void *p, Py_ssize_t nbytes)
    with fastbn_free64, which takes NULL. */
 static inline void *fastbn_malloc64(size_t n)
 {
-    unsigned char *raw = (unsigned char *)malloc(n + 64 + sizeof(void *));
+    unsigned char *raw;
     uintptr_t a;
+    if (n > SIZE_MAX - 64 - sizeof(void *)) /* the padding would wrap */
+        return NULL;
+    raw = (unsigned char *)malloc(n + 64 + sizeof(void *));
     if (raw == NULL)
         return NULL;
     a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
