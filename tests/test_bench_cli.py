@@ -281,3 +281,32 @@ def test_stream_sizes_its_team_on_every_call(monkeypatch, direction):
     finally:
         fastbn.set_num_threads(saved)
     assert seen == [2, 1, 2]
+
+
+def test_bench_other_kernel_builds(tmp_path, capsys):
+    # --kernels: each named build in a worker of its own, started with
+    # FASTBN_KERNELS set (this process's environment untouched), its ratio to
+    # the build in use a quotient of the times, the builds named in the JSON
+    import os
+    from fastbn.benchmark import run_benchmark
+    before = os.environ.get("FASTBN_KERNELS")
+    r = run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
+                      impls=("fastbn", "stream"), kernels=["baseline"])
+    assert os.environ.get("FASTBN_KERNELS") == before
+    assert r["kernel_builds"] == {"fastbn": r["kernels"], "fastbn_baseline": "baseline"}
+    for row in r["results"]:
+        assert set(row["ms"]) == {"fastbn", "fastbn_baseline", "stream"}
+        assert row["ratios"]["fastbn_baseline_over_fastbn"] == pytest.approx(
+            row["ms"]["fastbn_baseline"]["min"] / row["ms"]["fastbn"]["min"])
+    with pytest.raises(ValueError, match="kernels: unknown kernel build 'sse9'"):
+        run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
+                      kernels=["sse9"])
+    with pytest.raises(ValueError, match="isolate=False"):
+        run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
+                      isolate=False, kernels=["baseline"])
+    path = tmp_path / "r.json"
+    assert cli.main(["bench", "--shapes", "5x3", "--repeat", "1", "--threads", "1",
+                     "--impls", "fastbn", "--kernels", "baseline", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fastbn baseline / fastbn, best (median)" in out
+    assert "fastbn baseline: fastbn with FASTBN_KERNELS=baseline" in out

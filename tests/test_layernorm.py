@@ -322,10 +322,12 @@ def test_cache_is_lean(rng):
 def test_top_level_functions_run_the_extension(monkeypatch, rng):
     """With the default backend the top-level API calls the compiled _ln kernels."""
     from fastbn import compiled_ln
-    _ln = compiled_ln._ln            # the baseline or AVX2 build, as compiled.KERNEL_ISA
+    from fastbn import _dispatch
+    _ln = compiled_ln._ln            # the build of _dispatch.KERNEL_ISA
     assert fastbn.get_backend() == "cython"
     assert _ln.__file__.endswith((".so", ".pyd"))
-    assert _ln.__name__ in ("fastbn._ln", "fastbn._ln_avx2")
+    assert _ln.__name__ == _dispatch.matching_build("_ln").__name__
+    assert _ln.kernel_isa() == _dispatch.KERNEL_ISA
     calls = []
     for name in ("forward", "backward", "plain_layernorm_forward", "plain_layernorm_backward"):
         real = getattr(_ln, name)

@@ -51,6 +51,11 @@ def add_arguments(parser):
                              "N*D <= 2^24 (same as --suite sweep)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
                         help="implementations to time (default: all available)")
+    parser.add_argument("--kernels", nargs="+", default=(), metavar="BUILD",
+                        choices=("baseline", "avx2", "avx512"),
+                        help="also time fastbn forced to these kernel builds "
+                             "(FASTBN_KERNELS), each in a worker of its own, interleaved "
+                             "with the build in use")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--plot", metavar="FILE",
                         help="also draw a chart (matplotlib): a heat map of the ratios for "
@@ -124,6 +129,7 @@ def run(args):
                   file=sys.stderr)
         result = run_benchmark(_cases(args), threads=args.threads, repeat=args.repeat,
                                torch=torch, isolate=not args.in_process, impls=args.impls,
+                               kernels=args.kernels,
                                progress=lambda s: print(f"  timing {s}", file=sys.stderr))
         result["command"] = "fastbn " + " ".join(
             shlex.quote(a) for a in getattr(args, "argv", ["bench"]))

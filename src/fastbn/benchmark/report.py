@@ -32,9 +32,14 @@ _LEGEND = {
 }
 
 
+def _builds(rows):
+    """The other kernel builds of fastbn present (``fastbn_avx512``, ...)."""
+    return sorted({n for r in rows for n in r["ms"] if n.startswith("fastbn_")})
+
+
 def _names(rows):
     """Implementations present in any row, in report order."""
-    order = ["fastbn", "torch", "torch_warm", "reference", "stream"]
+    order = ["fastbn", *_builds(rows), "torch", "torch_warm", "reference", "stream"]
     return [n for n in order if any(n in r["ms"] for r in rows)]
 
 
@@ -102,7 +107,9 @@ def format_table(result):
 def format_legend(result):
     """What the table's columns mean, one line per column present."""
     names = _names(result["results"])
-    lines = [_LEGEND[n] for n in names]
+    lines = [_LEGEND[n] if n in _LEGEND else
+             f"{_label(n)}: fastbn with FASTBN_KERNELS={n[len('fastbn_'):]}, in a worker "
+             "of its own." for n in names]
     if len([n for n in names if n != "stream"]) > 1:
         lines.append(_LEGEND["ratio"])
     if "stream" in names:

@@ -39,15 +39,31 @@ def _set_threads(fastbn, torch, n):
         torch.set_num_threads(n)
 
 
+def kernel_impl(isa):
+    """The implementation name of fastbn forced to kernel build ``isa``."""
+    return f"fastbn_{isa}"
+
+
+def _worker_env(impl):
+    """Environment a worker of ``impl`` starts with: the warm heap of
+    ``torch_warm``, the forced kernel build of ``fastbn_<isa>``."""
+    if impl == "torch_warm":
+        return WARM_HEAP_ENV
+    if impl.startswith("fastbn_"):
+        return {"FASTBN_KERNELS": impl[len("fastbn_"):]}
+    return {}
+
+
 def _worker(conn, impl, threads):
     """Worker process: serves setup and burst requests for one implementation."""
     try:
         import fastbn
-        name = "torch" if impl.startswith("torch") else impl    # torch_warm: its heap differs
+        # torch_warm: its heap differs; fastbn_<isa>: its kernel build
+        name = "torch" if impl.startswith("torch") else impl.split("_")[0]
         torch = import_torch() if name == "torch" else None
         _set_threads(fastbn, torch, threads)
         arrays, fn = {}, None
-        conn.send(("ok", None))
+        conn.send(("ok", kernel_build() if name == "fastbn" else None))
     except BaseException as exc:                 # pragma: no cover - import failure
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -86,9 +102,9 @@ class _Workers:
         try:
             for impl in impls:
                 parent, child = ctx.Pipe()
-                env = WARM_HEAP_ENV if impl == "torch_warm" else {}
+                env = _worker_env(impl)
                 saved = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)               # the child's glibc reads them at start
+                os.environ.update(env)               # the child reads them at start
                 try:
                     proc = ctx.Process(target=_worker, args=(child, impl, threads), daemon=True)
                     proc.start()
@@ -101,8 +117,8 @@ class _Workers:
                 child.close()
                 self.conns[impl] = parent
                 self.procs.append(proc)
-            for impl in impls:
-                self._reply(impl)
+            # the kernel build each fastbn worker runs, as it reports it
+            self.builds = {impl: self._reply(impl) for impl in impls}
         except BaseException:
             self.close()
             raise
@@ -170,14 +186,18 @@ def _ratio(a, b):
 def ratios(t):
     """Ratios of the times ``t`` (name -> seconds or ms) to fastbn's."""
     f = t.get("fastbn")
-    return {"torch_over_fastbn": _ratio(t.get("torch"), f),
-            "torch_warm_over_fastbn": _ratio(t.get("torch_warm"), f),
-            "reference_over_fastbn": _ratio(t.get("reference"), f),
-            "fastbn_over_stream": _ratio(f, t.get("stream"))}
+    out = {"torch_over_fastbn": _ratio(t.get("torch"), f),
+           "torch_warm_over_fastbn": _ratio(t.get("torch_warm"), f),
+           "reference_over_fastbn": _ratio(t.get("reference"), f),
+           "fastbn_over_stream": _ratio(f, t.get("stream"))}
+    for name in t:                        # other kernel builds of fastbn
+        if name.startswith("fastbn_"):
+            out[f"{name}_over_fastbn"] = _ratio(t[name], f)
+    return out
 
 
 def run_benchmark(shapes, threads=None, repeat=20, torch="auto", progress=None,
-                  isolate=True, impls=IMPLS):
+                  isolate=True, impls=IMPLS, kernels=()):
     """Measure every case and direction; returns the JSON-ready result dict.
 
     Parameters
@@ -203,9 +223,15 @@ def run_benchmark(shapes, threads=None, repeat=20, torch="auto", progress=None,
     impls : iterable of str
         The implementations to time, of ``fastbn``, ``torch``,
         ``reference`` and ``stream``.
+    kernels : iterable of str
+        Kernel builds (``"avx2"``, ``"avx512"``, ...) to time as well, each
+        as implementation ``fastbn_<build>`` in a worker started with
+        ``FASTBN_KERNELS=<build>``, interleaved with the build ``fastbn``
+        runs by default: the comparison that decides what ``auto`` picks.
+        Needs ``isolate``.
     """
     import fastbn
-    from .. import _config
+    from .. import _config, _dispatch
     cases = [as_case(s) for s in shapes]
     torch_mod = import_torch() if torch == "auto" else torch
     if "torch" not in impls:
@@ -216,6 +242,17 @@ def run_benchmark(shapes, threads=None, repeat=20, torch="auto", progress=None,
             fastbn.set_num_threads(threads)
         nthreads = fastbn.get_num_threads()
         names = [n for n in IMPLS if n in impls and (n != "torch" or torch_mod is not None)]
+        kernels = list(dict.fromkeys(kernels))
+        if kernels and not isolate:
+            raise ValueError("kernels: other kernel builds run in worker processes of their "
+                             "own; they cannot be timed in this process (isolate=False)")
+        for isa in kernels:
+            if isa not in _dispatch.KERNEL_BUILDS[1:]:
+                raise ValueError(f"kernels: unknown kernel build {isa!r}, expected some of "
+                                 f"{', '.join(_dispatch.KERNEL_BUILDS[1:])}")
+            if not _dispatch.cpu_supports(isa):
+                raise ValueError(f"kernels: this CPU cannot run the {isa} build")
+        names[1:1] = [kernel_impl(isa) for isa in kernels if "fastbn" in names]
         if isolate:
             if "torch" in names and has_glibc():
                 names.insert(names.index("torch") + 1, "torch_warm")
@@ -224,6 +261,7 @@ def run_benchmark(shapes, threads=None, repeat=20, torch="auto", progress=None,
             runner = _InProcess(torch_mod, names, nthreads)
         try:
             rows = _measure(cases, repeat, runner, progress)
+            builds = {n: b for n, b in getattr(runner, "builds", {}).items() if b}
         finally:
             runner.close()
     finally:     # the caller's thread settings, as they were
@@ -235,6 +273,7 @@ def run_benchmark(shapes, threads=None, repeat=20, torch="auto", progress=None,
         "torch_version": getattr(torch_mod, "__version__", None),
         "threads": nthreads, "openmp": fastbn.openmp_enabled(),
         "kernels": kernel_build(), "repeat": repeat,
+        **({"kernel_builds": builds} if kernels else {}),
         "isolated": bool(isolate), "machine": machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "results": rows,
