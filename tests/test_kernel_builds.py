@@ -235,7 +235,10 @@ def _buffer_at(like, offset):
 # dx= buffers at any offset within a cache line give the bits of a fresh
 # output, in every build.
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(64, 4096), (300, 37), (9, 1000), (4, 6, 33, 35)])
+# (the AVX-512 build does a run's first and last elements in masked vectors:
+# runs shorter than a vector, and 14x14 runs, take those paths alone)
+@pytest.mark.parametrize("shape", [(64, 4096), (300, 37), (9, 1000), (4, 6, 33, 35),
+                                   (5, 3, 3, 3), (3, 4, 14, 14), (40, 7)])
 def test_output_buffers_at_any_offset_give_the_same_bits(build, rng, dtype, shape):
     x, gamma, beta, dout = make_case(rng, shape, dtype, offset=5.0)
     spatial = x.ndim == 4
