@@ -116,6 +116,43 @@ def _selected(env_value):
                           env=env, capture_output=True, text=True)
 
 
+def _proc_cpuinfo():
+    """vendor_id and cpu family of the first CPU in /proc/cpuinfo, or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines()
+                          if ":" in line)
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "vendor_id" not in fields or "cpu family" not in fields:
+        return None
+    return fields["vendor_id"], int(fields["cpu family"])
+
+
+def test_cpu_amd_family_reads_cpuid():
+    # the family CPUID gives, as the kernel reports it in /proc/cpuinfo
+    info = _proc_cpuinfo()
+    if info is None:
+        pytest.skip("no /proc/cpuinfo with vendor_id and cpu family (not x86 Linux)")
+    vendor, family = info
+    assert _dispatch._bn_baseline.cpu_amd_family() == (family if vendor == "AuthenticAMD" else 0)
+
+
+def test_auto_takes_avx512_only_where_it_measured_faster():
+    # auto: AVX-512 on AMD family >= 26 (Zen 5), else AVX2, as the CPU and the
+    # installation allow; the choice is the child's, made at its import
+    r = _selected("auto")
+    assert r.returncode == 0, r.stderr
+    family = _dispatch._bn_baseline.cpu_amd_family()
+    runs = [isa for isa in ("avx512", "avx2") if _dispatch.cpu_supports(isa)
+            and importlib.util.find_spec(f"fastbn._bn_{isa}") is not None]
+    order = ("avx512", "avx2") if family >= 26 else ("avx2",)
+    want = next((isa for isa in order if isa in runs), "baseline")
+    assert r.stdout.strip() == want
+    assert want == _dispatch.KERNEL_ISA or os.environ.get("FASTBN_KERNELS", "auto") != "auto"
+
+
 def test_fastbn_kernels_env_forces_baseline():
     r = _selected("baseline")
     assert r.returncode == 0, r.stderr

@@ -34,7 +34,7 @@ from cython cimport floating
 
 from fastbn._cheaders cimport (
     fastbn_active, fastbn_blend, fastbn_center_fold, fastbn_chan_dx, fastbn_chan_grad_sums,
-    fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_has_avx2_fma,
+    fastbn_chan_normalize, fastbn_chan_sums, fastbn_cpu_amd_family, fastbn_cpu_has_avx2_fma,
     fastbn_cpu_has_avx512, fastbn_dx_centered, fastbn_dx_coef, fastbn_finish1,
     fastbn_finish_moments_v, fastbn_fold_forward, fastbn_free64, fastbn_malloc64,
     fastbn_kernel_isa, fastbn_leave, fastbn_team, fastbn_team_size,
@@ -73,6 +73,12 @@ def cpu_has_avx2_fma():
 def cpu_has_avx512():
     """True when the running CPU (and OS) can execute the AVX-512 kernels."""
     return bool(fastbn_cpu_has_avx512())
+
+
+def cpu_amd_family():
+    """The CPU family of the running AMD processor (25: Zen 3 and 4, 26: Zen 5), 0 for
+    another vendor or where it cannot be read."""
+    return fastbn_cpu_amd_family()
 
 
 def kernel_isa():

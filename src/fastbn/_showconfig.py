@@ -99,7 +99,7 @@ def show_config(mode: str = "stdout") -> "dict | None":
 
     Reports the version, the compiler and the instruction-set level the
     baseline was compiled for (read from the binary), which build of the
-    batch-norm kernels runs (``'baseline'`` or ``'avx2'``), whether OpenMP is
+    batch-norm kernels runs (``'baseline'``, ``'avx2'`` or ``'avx512'``), whether OpenMP is
     compiled in, the thread count a large kernel call will use, what the
     buffer cache of freed outputs holds, the NumPy version and the running
     CPU's features.  ``fastbn info`` prints the same.
