@@ -283,11 +283,12 @@ def test_stream_sizes_its_team_on_every_call(monkeypatch, direction):
     assert seen == [2, 1, 2]
 
 
-def test_bench_other_kernel_builds(tmp_path, capsys):
+def test_bench_other_kernel_builds(tmp_path, capsys, monkeypatch):
     # --kernels: each named build in a worker of its own, started with
     # FASTBN_KERNELS set (this process's environment untouched), its ratio to
     # the build in use a quotient of the times, the builds named in the JSON
     import os
+    from fastbn import _dispatch
     from fastbn.benchmark import run_benchmark
     before = os.environ.get("FASTBN_KERNELS")
     r = run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
@@ -301,6 +302,11 @@ def test_bench_other_kernel_builds(tmp_path, capsys):
     with pytest.raises(ValueError, match="kernels: unknown kernel build 'sse9'"):
         run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
                       kernels=["sse9"])
+    monkeypatch.setattr(_dispatch, "cpu_supports", lambda isa: isa != "avx2")
+    with pytest.raises(ValueError, match="kernels: this CPU cannot run the avx2 build"):
+        run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
+                      kernels=["avx2"])
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="isolate=False"):
         run_benchmark([((6, 4), "float32")], threads=1, repeat=1, torch=None,
                       isolate=False, kernels=["baseline"])

@@ -9,6 +9,8 @@ import json
 import shlex
 import sys
 
+from .. import _dispatch
+
 from .cases import DEFAULT_SHAPES, IMPLS, SUITES, as_case, import_torch, \
     parse_shape
 
@@ -52,7 +54,7 @@ def add_arguments(parser):
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
                         help="implementations to time (default: all available)")
     parser.add_argument("--kernels", nargs="+", default=(), metavar="BUILD",
-                        choices=("baseline", "avx2", "avx512"),
+                        choices=_dispatch.KERNEL_BUILDS[1:],
                         help="also time fastbn forced to these kernel builds "
                              "(FASTBN_KERNELS), each in a worker of its own, interleaved "
                              "with the build in use")
